@@ -1,0 +1,127 @@
+"""Data checks behind ``validate=True``: one helper per kind of input.
+
+Each helper runs one cheap combined test (a min and a sum, reduced to one flag, so one
+host synchronisation) and only when it fails looks for the first offending entry to name
+it in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._array import dtype_name, is_concrete_true, to_numpy
+
+_EPS = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+}
+
+
+def sum_tolerance(dtype: Any, num_classes: int) -> float:
+    """How far from 1 a row of ``num_classes`` probabilities in ``dtype`` may sum.
+
+    ``(4 + log2 K)`` units of rounding: what normalising in that dtype and summing
+    pairwise can cost.  Never stricter than float32's, since probabilities stored as
+    float64 were often computed in float32.
+    """
+    eps = max(_EPS.get(dtype_name(dtype), _EPS["float32"]), _EPS["float32"])
+    return (4 + math.log2(max(num_classes, 1))) * eps
+
+
+def _first(mask: Any) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
+
+
+def _row(index: tuple[int, ...]) -> str:
+    return f" in row {index}" if index else ""
+
+
+def _check_finite_entries(xp: Any, x: Any, what: str, *, allow_neg_inf: bool) -> None:
+    if xp.any(xp.isnan(x)):
+        raise ValueError(f"{what} contain NaN at index {_first(xp.isnan(x))}")
+    bad = xp.isinf(x) if not allow_neg_inf else x == math.inf
+    if xp.any(bad):
+        sign = "+inf" if allow_neg_inf else "infinite values"
+        raise ValueError(f"{what} contain {sign} at index {_first(bad)}")
+
+
+def probabilities(xp: Any, x: Any, name: str, axis: int) -> None:
+    """Finite, non-negative, each row summing to 1 within :func:`sum_tolerance`."""
+    if x.size == 0:
+        return
+    num_classes = x.shape[axis]
+    tol = sum_tolerance(x.dtype, num_classes)
+    sums = xp.sum(x, axis=axis, dtype=xp.float64 if x.dtype == xp.float64 else xp.float32)
+    ok = (xp.min(x) >= 0) & xp.all(xp.abs(sums - 1) <= tol)
+    if is_concrete_true(ok):
+        return
+    what = f"{name} (probabilities)"
+    _check_finite_entries(xp, x, what, allow_neg_inf=False)
+    negative = x < 0
+    if xp.any(negative):
+        index = _first(negative)
+        value = float(to_numpy(x)[index])
+        raise ValueError(f"{what} contain a negative value {value:g} at index {index}")
+    bad = xp.abs(sums - 1) > tol
+    index = _first(bad)
+    value = float(to_numpy(sums)[index])
+    raise ValueError(
+        f"{name} does not sum to 1 along axis {axis}: the sum is {value:.9g}{_row(index)} "
+        f"(tolerance {tol:.2g}); normalise it, or pass Logits/LogProbs"
+    )
+
+
+def logits(xp: Any, z: Any, name: str, axis: int) -> None:
+    """No NaN or +inf; each row has at least one finite entry (-inf masks a class)."""
+    if z.size == 0:
+        return
+    row_max = xp.max(z, axis=axis)
+    ok = xp.all(z < math.inf) & xp.all(row_max > -math.inf)
+    if is_concrete_true(ok):
+        return
+    what = f"{name} (logits)"
+    _check_finite_entries(xp, z, what, allow_neg_inf=True)
+    index = _first(row_max == -math.inf)
+    raise ValueError(
+        f"{what} are -inf everywhere along axis {axis}{_row(index)}: "
+        "a distribution needs at least one possible class"
+    )
+
+
+def log_probabilities(xp: Any, lp: Any, name: str, axis: int) -> None:
+    """No NaN or +inf; ``exp`` of each row sums to 1 within :func:`sum_tolerance`."""
+    if lp.size == 0:
+        return
+    tol = sum_tolerance(lp.dtype, lp.shape[axis])
+    wide = lp if lp.dtype == xp.float64 else xp.astype(lp, xp.float32)
+    sums = xp.sum(xp.exp(wide), axis=axis)
+    ok = xp.all(lp < math.inf) & xp.all(xp.abs(sums - 1) <= tol)
+    if is_concrete_true(ok):
+        return
+    what = f"{name} (log-probabilities)"
+    _check_finite_entries(xp, lp, what, allow_neg_inf=True)
+    index = _first(xp.abs(sums - 1) > tol)
+    value = float(to_numpy(sums)[index])
+    raise ValueError(
+        f"{what} are not normalised along axis {axis}: exp sums to {value:.9g}"
+        f"{_row(index)} (tolerance {tol:.2g}); pass Logits for unnormalised scores"
+    )
+
+
+def labels(xp: Any, y: Any, name: str, num_classes: int) -> None:
+    """Integer class indices in ``[0, num_classes)``."""
+    if y.size == 0:
+        return
+    bad = (y < 0) | (y >= num_classes)
+    if is_concrete_true(~xp.any(bad)):
+        return
+    index = _first(bad)
+    value = int(to_numpy(y)[index])
+    raise ValueError(
+        f"{name} (labels) must lie in [0, {num_classes}): found {value} at index {index}"
+    )
