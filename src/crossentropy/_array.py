@@ -91,7 +91,7 @@ def check_axis(axis: Any, ndim: int) -> int:
 
 def broadcast_shapes(name_a: str, a: tuple[int, ...], name_b: str, b: tuple[int, ...]) -> None:
     """Raise ValueError naming both arguments if ``a`` and ``b`` do not broadcast."""
-    for x, y in zip(reversed(a), reversed(b)):
+    for x, y in zip(reversed(a), reversed(b), strict=False):
         if x != y and x != 1 and y != 1:
             raise ValueError(
                 f"{name_a} and {name_b} do not broadcast: batch shapes {a} and {b} "
