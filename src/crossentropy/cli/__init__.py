@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import _measures
+from . import _demo, _measures, _report
 
 __all__ = ["main"]
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
+    _demo.register(commands)
+    _report.register(commands)
     _measures.register(commands)
     return parser
 
