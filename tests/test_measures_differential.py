@@ -4,7 +4,7 @@ Every expected value here is computed by scipy (``scipy.stats.entropy``,
 ``scipy.special.entr/rel_entr/xlogy``, ``scipy.spatial.distance.jensenshannon``) or by
 torch (``torch.nn.functional.cross_entropy/kl_div``, ``torch.special.entr``) in float64,
 on the exact values of the inputs after they were rounded to the dtype under test. The
-allowed error for each input dtype is in ``conftest.TOLERANCE``.
+allowed error for each input dtype is in ``_measures_support.TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import scipy.spatial.distance
 import scipy.special
 import scipy.stats
-from conftest import backends_and_dtypes, make, random_simplex, to_f64, tolerance
+from _measures_support import backends_and_dtypes, make, random_simplex, to_f64, tolerance
 
 import crossentropy as ce
 
@@ -259,7 +259,7 @@ def test_cross_entropy_probabilities_logits_matches_torch(name, dtype):
     _check(ce.cross_entropy(p, ce.Logits(z)), expected, dtype, float(np.abs(expected).max()))
 
 
-@pytest.mark.parametrize("name", TORCH_CASES + ["both-zeros", "tiny", "equal"])
+@pytest.mark.parametrize("name", [*TORCH_CASES, "both-zeros", "tiny", "equal"])
 @_torch_dtypes()
 def test_kl_matches_torch_kl_div(name, dtype):
     torch = pytest.importorskip("torch")

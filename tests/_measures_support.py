@@ -1,4 +1,5 @@
-"""Shared helpers for the measures tests: the per-dtype tolerance table and array makers.
+"""Shared helpers for the measures tests (a plain module, not a conftest, so that its
+name cannot clash with conftest.py files elsewhere in tests/): the per-dtype tolerance table and array makers.
 
 The tolerance table is the one place that says how close a result must be to a float64
 reference computed (by scipy or torch, never by this library) from the *same* input
@@ -16,13 +17,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "measures",
+# For the property tests: modest, no deadline (2 shared cores), applied per test rather
+# than as a global profile so that other test modules keep their own settings.
+PROPERTY_SETTINGS = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile("measures")
 
 # Per input dtype: rtol and atol of a measure against a float64 reference on the same
 # (rounded) inputs. atol is per nat of the quantities summed (see ``assert_close``).
