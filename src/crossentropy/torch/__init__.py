@@ -1,0 +1,28 @@
+"""PyTorch training losses: cross-entropy, KL and entropy, and a fused linear cross-entropy.
+
+Every loss takes ``(model_output, target)`` like PyTorch's own, with the class dimension
+last, so that the essay's identity holds as written::
+
+    cross_entropy(z, t) - kl_loss(z, t) == entropy(t)
+
+and the two losses have the same gradient with respect to ``z``.  Losses compute in at
+least float32 (float16/bfloat16 upcast, float64 kept), make no host synchronisation unless
+``validate=True``, and work under ``torch.compile``.  An all-ignored batch gives loss 0
+and zero gradients under ``mean``.
+
+:func:`linear_cross_entropy` is the loss of a language-model head without the
+``(tokens, vocabulary)`` logits tensor: chunked, with the gradient computed in forward.
+"""
+
+from ._functional import cross_entropy, entropy_loss, kl_loss, linear_cross_entropy
+from ._modules import CrossEntropyLoss, KLLoss, LinearCrossEntropyLoss
+
+__all__ = [
+    "CrossEntropyLoss",
+    "KLLoss",
+    "LinearCrossEntropyLoss",
+    "cross_entropy",
+    "entropy_loss",
+    "kl_loss",
+    "linear_cross_entropy",
+]

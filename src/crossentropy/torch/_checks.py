@@ -1,0 +1,158 @@
+"""Argument checks for the PyTorch losses: one helper per kind, ValueError/TypeError naming
+the argument.
+
+The shape, dtype and option checks look at metadata only and always run.  The checks that
+read the data (label range, probability rows) synchronise with the host, so they run only
+under ``validate=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+import torch
+
+from .. import _checks as _array_checks
+
+REDUCTIONS = ("mean", "none", "sum")
+
+
+def tensor(value: Any, name: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def floating(value: torch.Tensor, name: str) -> None:
+    tensor(value, name)
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+
+
+def reduction(value: Any) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'mean', 'none', 'sum', got {value!r}")
+    return value
+
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def label_smoothing(value: Any) -> float:
+    eps = _real(value, "label_smoothing")
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {value!r}")
+    return eps
+
+
+def z_loss(value: Any) -> float:
+    coef = _real(value, "z_loss")
+    if not (math.isfinite(coef) and coef >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}")
+    return coef
+
+
+def softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    cap = _real(value, "softcap")
+    if not (math.isfinite(cap) and cap > 0.0):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got {value!r}")
+    return cap
+
+
+def ignore_index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {value!r}")
+    return int(value)
+
+
+def chunk_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def logits(value: Any, name: str = "logits") -> None:
+    floating(value, name)
+    if value.ndim < 1 or value.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have a non-empty class dimension (the last), got shape "
+            f"{tuple(value.shape)}"
+        )
+
+
+def target(value: Any, logits_shape: tuple[int, ...], validate: bool, ignore: int) -> bool:
+    """Check ``target`` against logits of ``logits_shape``; True for probabilities."""
+    tensor(value, "target")
+    batch, num_classes = tuple(logits_shape[:-1]), logits_shape[-1]
+    if value.dtype.is_floating_point:
+        if tuple(value.shape) != tuple(logits_shape):
+            raise ValueError(
+                f"target (probabilities) must have the logits' shape {tuple(logits_shape)}, "
+                f"got {tuple(value.shape)}"
+            )
+        if validate:
+            xp = array_api_compat.array_namespace(value)
+            try:
+                _array_checks.probabilities(xp, value.detach(), "target", -1)
+            except ValueError as error:
+                # The measures' hint about Logits/LogProbs does not apply to a loss target.
+                raise ValueError(str(error).replace(", or pass Logits/LogProbs", "")) from None
+        return True
+    if value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold integer class indices or floating probabilities, got {value.dtype}"
+        )
+    if tuple(value.shape) != batch:
+        raise ValueError(
+            f"target (class indices) must have shape {batch} (the logits' shape without "
+            f"the class dimension), got {tuple(value.shape)}"
+        )
+    if validate:
+        labels(value, num_classes, ignore)
+    return False
+
+
+def labels(value: torch.Tensor, num_classes: int, ignore: int) -> None:
+    """Class indices in ``[0, num_classes)`` or equal to ``ignore`` (one host sync)."""
+    bad = ((value < 0) | (value >= num_classes)) & (value != ignore)
+    if not bool(bad.any()):
+        return
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    raise ValueError(
+        f"target (class indices) must lie in [0, {num_classes}) or equal ignore_index="
+        f"{ignore}: found {int(value[index])} at index {index}"
+    )
+
+
+def class_weight(value: Any, num_classes: int, validate: bool) -> None:
+    if value is None:
+        return
+    floating(value, "weight")
+    if tuple(value.shape) != (num_classes,):
+        raise ValueError(
+            f"weight must have shape ({num_classes},), one per class, got {tuple(value.shape)}"
+        )
+    if validate and not bool(((value >= 0) & torch.isfinite(value)).all()):
+        raise ValueError("weight must be finite and non-negative")
+
+
+def mask(value: Any, batch: tuple[int, ...]) -> None:
+    if value is None:
+        return
+    tensor(value, "mask")
+    if value.dtype != torch.bool:
+        raise TypeError(f"mask must be a boolean tensor, got {value.dtype}")
+    if tuple(value.shape) != batch:
+        raise ValueError(
+            f"mask must have shape {batch} (the logits' shape without the class dimension), "
+            f"got {tuple(value.shape)}"
+        )

@@ -1,0 +1,254 @@
+"""Fused linear + cross-entropy on plain PyTorch: chunked, gradient computed in forward.
+
+The tokens are processed ``chunk_size`` at a time.  For each chunk the logits
+``z = h W^T + b`` are formed, then their log-sum-exp and loss, and (when a gradient will be
+needed) the gradient ``G = dL/dz`` in the same buffer, which is immediately consumed:
+``dh = G W`` and ``dW += G^T h`` (float32 accumulation), ``db += sum G``.  Only one
+``(chunk_size, V)`` block of logits exists at any time, and the matrix products total
+``6 N D V`` FLOPs, the minimum.  ``backward`` then only scales the stored gradients by the
+incoming (scalar) gradient, in place.
+
+Layers: :func:`_run` is the host forward/backward; :class:`_LinearCrossEntropy` is the one
+``torch.autograd.Function``, taking tensors plus a frozen :class:`Options`.
+
+Exactness of the backward:
+
+* ``reduction="none"`` cannot know the per-token upstream gradient ``g_i`` in forward,
+  and ``dW = sum_i g_i G_i^T h_i`` cannot be recovered from the unscaled sum.  So for
+  ``none`` the forward does only the loss and the backward recomputes the chunks with
+  ``g_i`` folded in (``8 N D V`` FLOPs in all) -- exact for any upstream gradient.
+* For ``mean`` and ``sum`` the stored gradients are scaled in place and handed to
+  autograd, so the weight gradient exists once.  A second backward through the same graph
+  (``retain_graph=True``, ``gradcheck``) finds them consumed and recomputes them, bit for
+  bit the same; double backward (``create_graph=True``) is not supported and raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["CHUNK_BUDGET_BYTES", "Options", "apply", "default_chunk_size"]
+
+#: Working memory the automatic ``chunk_size`` aims for: the float32 (chunk, V) block(s).
+CHUNK_BUDGET_BYTES = 128 * 2**20
+
+#: Vocabulary rows per block when accumulating a half-precision weight gradient in float32.
+_VOCAB_BLOCK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything about a call that is not a tensor; checked by the public wrapper."""
+
+    ignore_index: int = -100
+    reduction: str = "mean"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    chunk_size: int = 1024
+    #: Which of hidden, weight, bias need a gradient (grad mode taken into account).
+    needs_grad: tuple[bool, bool, bool] = (False, False, False)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype, softcap: bool) -> int:
+    """Tokens per chunk so the chunk's working set fits :data:`CHUNK_BUDGET_BYTES`.
+
+    Per token the chunk holds a row of logits in the compute dtype (two with ``softcap``,
+    whose derivative needs ``tanh`` kept), and for half inputs the half-precision logits and
+    gradient rows too.  The result is a multiple of 16 (at least 16), at most
+    ``num_tokens``.
+    """
+    compute = _compute_dtype(dtype)
+    row = vocab * compute.itemsize * (2 if softcap else 1)
+    if compute != dtype:
+        row += vocab * dtype.itemsize
+    size = max(16, (CHUNK_BUDGET_BYTES // max(row, 1)) // 16 * 16)
+    return max(1, min(size, num_tokens))
+
+
+def _run(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    opts: Options,
+    scale: torch.Tensor | None,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token losses and, when ``scale`` is given, the gradients of ``sum_i scale_i L_i``.
+
+    ``hidden`` (N, D), ``weight`` (V, D), ``bias`` (V,) or None, ``target`` (N,) int64,
+    ``scale`` (N,) in the compute dtype (0 for ignored tokens).  Returns the losses (N,)
+    and ``dhidden`` (N, D) in the input dtype, ``dweight`` (V, D) and ``dbias`` (V,) in the
+    compute dtype, each None when not asked for by ``needs``.
+    """
+    num_tokens, dim = hidden.shape
+    vocab = weight.shape[0]
+    dtype = hidden.dtype
+    compute = _compute_dtype(dtype)
+    eps = float(opts.label_smoothing)
+    cap = opts.softcap
+    z_loss = float(opts.z_loss)
+    grads = scale is not None
+    device = hidden.device
+
+    losses = torch.empty(num_tokens, dtype=compute, device=device)
+    dh = torch.empty_like(hidden) if grads and needs[0] else None
+    dw = torch.zeros(vocab, dim, dtype=compute, device=device) if grads and needs[1] else None
+    db = torch.zeros(vocab, dtype=compute, device=device) if grads and needs[2] else None
+    block = None
+    if dw is not None and compute != dtype:
+        block = torch.empty(min(_VOCAB_BLOCK, vocab), dim, dtype=dtype, device=device)
+    wt = weight.t()
+
+    for start in range(0, num_tokens, opts.chunk_size):
+        stop = min(start + opts.chunk_size, num_tokens)
+        h = hidden[start:stop]
+        y = target[start:stop]
+        z = torch.mm(h, wt) if bias is None else torch.addmm(bias, h, wt)
+        if z.dtype != compute:
+            z = z.to(compute)
+        tanh = None
+        if cap is not None:
+            z.div_(cap).tanh_()
+            if grads:
+                tanh = z.clone()
+            z.mul_(cap)
+
+        counted = y != opts.ignore_index
+        valid = (y >= 0) & (y < vocab)
+        safe = torch.where(counted & valid, y, 0).unsqueeze(1)
+        z_y = z.gather(1, safe).squeeze(1)
+        z_mean = z.sum(1).div_(vocab) if eps else None
+        # The block now turns into exp(z - max) in place: one (chunk, V) buffer in all.
+        zmax = z.amax(1)
+        z.sub_(zmax.unsqueeze(1)).exp_()
+        total = z.sum(1)
+        lse = total.log().add_(zmax)
+        loss = lse - (1.0 - eps) * z_y
+        if eps:
+            loss -= eps * z_mean
+        if z_loss:
+            loss += z_loss * lse.square()
+        loss = torch.where(counted, loss, 0.0)
+        losses[start:stop] = torch.where(counted & ~valid, torch.nan, loss)
+        if not grads:
+            continue
+
+        # G = s_i [ softmax (1 + 2 z_loss lse) - (1 - eps) onehot(y) - eps / V ] * dz/du
+        s = scale[start:stop]
+        coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
+        z.mul_(coef.unsqueeze(1))
+        z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
+        if eps:
+            z.sub_((eps / vocab * s).unsqueeze(1))
+        if tanh is not None:
+            z.mul_(tanh.square_().neg_().add_(1.0))
+            del tanh
+        if db is not None:
+            db += z.sum(0)
+        g = z if compute == dtype else z.to(dtype)
+        del z
+        if dh is not None:
+            torch.mm(g, weight, out=dh[start:stop])
+        if dw is None:
+            continue
+        if block is None:
+            dw.addmm_(g.t(), h)
+            continue
+        # Half inputs: half-precision products, accumulated in float32 a vocabulary block
+        # at a time so no second (V, D) buffer is ever needed.
+        for v0 in range(0, vocab, block.shape[0]):
+            v1 = min(v0 + block.shape[0], vocab)
+            part = block[: v1 - v0]
+            torch.mm(g[:, v0:v1].t(), h, out=part)
+            dw[v0:v1] += part
+    return losses, dh, dw, db
+
+
+def _scale(target: torch.Tensor, opts: Options, dtype: torch.dtype) -> tuple:
+    """Per-token scale of the reduced loss, and the ``mean`` divisor (1 otherwise)."""
+    counted = (target != opts.ignore_index).to(dtype)
+    if opts.reduction != "mean":
+        return counted, None
+    # Clamped so that an all-ignored batch gives 0 / 1 = 0 rather than NaN.
+    denom = counted.sum().clamp_min(1.0)
+    return counted / denom, denom
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, opts):  # type: ignore[override]
+        compute = _compute_dtype(hidden.dtype)
+        in_forward = any(opts.needs_grad) and opts.reduction != "none"
+        scale, denom = _scale(target, opts, compute)
+        losses, dh, dw, db = _run(
+            hidden, weight, bias, target, opts, scale if in_forward else None, opts.needs_grad
+        )
+        if opts.reduction == "none":
+            out = losses
+        elif opts.reduction == "sum":
+            out = losses.sum()
+        else:
+            out = losses.sum() / denom
+        ctx.opts = opts
+        ctx.grads = None
+        if any(opts.needs_grad):
+            ctx.save_for_backward(hidden, weight, bias, target)
+        if in_forward:
+            ctx.grads = _finish(dh, dw, db, weight, bias)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        opts = ctx.opts
+        if ctx.grads is not None:
+            # First backward of mean/sum: hand over the gradients computed in forward,
+            # scaled in place, and drop our reference so autograd can adopt them uncopied.
+            grads, ctx.grads = ctx.grads, None
+        else:
+            hidden, weight, bias, target = ctx.saved_tensors
+            compute = _compute_dtype(hidden.dtype)
+            if opts.reduction == "none":
+                counted = target != opts.ignore_index
+                scale = torch.where(counted, grad.to(compute), 0.0)
+                grad = None
+            else:
+                scale, _ = _scale(target, opts, compute)
+            _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
+            grads = _finish(dh, dw, db, weight, bias)
+        if grad is not None:
+            for g in grads:
+                if g is not None:
+                    g.mul_(grad)
+        dh, dw, db = grads
+        return dh, dw, db, None, None
+
+
+def _finish(dh, dw, db, weight, bias):
+    """Cast the float32 accumulators to the parameters' dtypes (a no-op for float32)."""
+    if dw is not None and dw.dtype != weight.dtype:
+        dw = dw.to(weight.dtype)
+    if db is not None and db.dtype != bias.dtype:
+        db = db.to(bias.dtype)
+    return [dh, dw, db]
+
+
+@torch.compiler.disable
+def apply(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    opts: Options,
+) -> torch.Tensor:
+    """Run the fused loss; ``torch.compile`` calls it as an opaque eager function."""
+    return _LinearCrossEntropy.apply(hidden, weight, bias, target, opts)

@@ -1,0 +1,339 @@
+"""The functional losses: check the arguments, then run the reference or the fused kernel."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks, _chunked, _reference
+
+__all__ = ["cross_entropy", "entropy_loss", "kl_loss", "linear_cross_entropy"]
+
+
+def _dense(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    validate: bool,
+    divergence: bool,
+) -> torch.Tensor:
+    _checks.logits(logits)
+    ignore = _checks.ignore_index(ignore_index)
+    _checks.target(target, tuple(logits.shape), validate, ignore)
+    _checks.class_weight(weight, logits.shape[-1], validate)
+    loss, omega = _reference.token_losses(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore,
+        label_smoothing=_checks.label_smoothing(label_smoothing),
+        z_loss=_checks.z_loss(z_loss),
+        softcap=_checks.softcap(softcap),
+        divergence=divergence,
+    )
+    return _reference.reduce(loss, omega, _checks.reduction(reduction))
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    r"""Cross-entropy loss of logits against class indices or probabilities.
+
+    With :math:`z` the (soft-capped) logits, :math:`q = \operatorname{softmax}(z)`,
+    the smoothed target :math:`t' = (1 - \varepsilon) t + \varepsilon / C` and class
+    weights :math:`w`, each token's loss is
+
+    .. math::
+
+        \ell = -\sum_c w_c t'_c \log q_c
+               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2 ,
+
+    where :math:`\omega = w_y` for a class index :math:`y` (0 if ignored) and 1 for a
+    probability target.  ``mean`` is :math:`\sum \ell / \sum \omega`, the rule of
+    :func:`torch.nn.functional.cross_entropy`, which this matches wherever their options
+    overlap.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., C)
+        Unnormalised scores, class dimension **last** (for ``F.cross_entropy``'s
+        ``(N, C, d1, ...)`` layout pass ``logits.movedim(1, -1)``).  float16 and bfloat16
+        are computed in float32; float64 stays float64.
+    target : Tensor, shape (...) integer or (..., C) floating
+        Class indices in ``[0, C)`` or equal to ``ignore_index``, or probabilities (soft
+        labels, e.g. a teacher's distribution).
+    weight : Tensor, shape (C,), optional
+        Per-class weights.
+    ignore_index : int
+        Class index whose tokens count for nothing (labels only).
+    reduction : {'mean', 'sum', 'none'}
+        ``none`` returns shape (...).
+    label_smoothing : float in [0, 1]
+        Mass spread uniformly over all C classes.
+    z_loss : float >= 0
+        Coefficient of the z-loss :math:`\lambda_z (\operatorname{logsumexp} z)^2`.
+    softcap : float > 0, optional
+        Applied first: :math:`z = s \tanh(\text{logits} / s)`.
+    validate : bool
+        Check the data too (labels in range, probabilities non-negative and summing to 1);
+        this synchronises with the host, so it is off by default.  Without it an
+        out-of-range label gives a NaN loss.
+
+    Returns
+    -------
+    Tensor
+        float32 for half inputs, else the logits' dtype; scalar unless ``reduction='none'``.
+        If every token is ignored, ``mean`` gives 0 with zero gradients (not NaN as
+        ``F.cross_entropy`` does).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import cross_entropy
+    >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> cross_entropy(logits, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
+    tensor(0.2395)
+    """
+    return _dense(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        validate=validate,
+        divergence=False,
+    )
+
+
+def kl_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    r"""KL divergence :math:`D(t' \,\|\, \operatorname{softmax}(z))` from target to model.
+
+    Each token's loss is the cross-entropy of :func:`cross_entropy` less the target's
+    (weighted) entropy,
+
+    .. math::
+
+        \ell = \sum_c w_c t'_c \log \frac{t'_c}{q_c}
+               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2
+             = \ell_{H} - S_w(t'),
+
+    so ``cross_entropy(z, t) - kl_loss(z, t)`` is the target's entropy and the two have
+    the same gradient with respect to ``z``, to the bit: minimising one minimises the
+    other.  For class indices without smoothing the target's entropy is 0 and the two are
+    equal.  Arguments, reductions and edge cases are those of :func:`cross_entropy`
+    (``mean`` over tokens is ``F.kl_div``'s ``batchmean`` for 2-D logits).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import kl_loss
+    >>> kl_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))  # log 2
+    tensor(0.6931)
+    """
+    return _dense(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        validate=validate,
+        divergence=True,
+    )
+
+
+def entropy_loss(
+    logits: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    softcap: float | None = None,
+) -> torch.Tensor:
+    r"""The model's own entropy, for entropy regularisation.
+
+    .. math::
+
+        S(q) = -\sum_c q_c \log q_c, \qquad q = \operatorname{softmax}(z).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., C)
+        Class dimension last; half dtypes computed in float32.
+    mask : bool Tensor, shape (...), optional
+        Tokens that count; ``mean`` divides by their number (0 if there are none).
+    reduction : {'mean', 'sum', 'none'}
+    softcap : float > 0, optional
+        As in :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import entropy_loss
+    >>> entropy_loss(torch.zeros(2, 4))  # log 4, the uniform distribution's
+    tensor(1.3863)
+    """
+    _checks.logits(logits)
+    _checks.mask(mask, tuple(logits.shape[:-1]))
+    return _reference.entropy_loss(
+        logits,
+        mask=mask,
+        reduction=_checks.reduction(reduction),
+        softcap=_checks.softcap(softcap),
+    )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    r"""Cross-entropy of the logits ``hidden @ weight.T + bias``, never materialised.
+
+    Equal, up to float rounding, to ``cross_entropy(hidden @ weight.T + bias, target,
+    ...)`` with the same options (see :func:`cross_entropy` for the definition), but the
+    tokens are processed ``chunk_size`` at a time and the gradient is computed during the
+    forward pass, so only one ``(chunk_size, V)`` block of logits ever exists and the
+    work is the minimal :math:`6 N D V` FLOPs.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., D)
+        Hidden states of ``N = prod(...)`` tokens.
+    weight : Tensor, shape (V, D)
+        The output projection (e.g. the language-model head), same dtype as ``hidden``.
+    target : integer Tensor, shape (...)
+        Class indices in ``[0, V)`` or equal to ``ignore_index``.
+    bias : Tensor, shape (V,), optional
+    ignore_index, reduction, label_smoothing, z_loss, softcap, validate
+        As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
+    chunk_size : int, optional
+        Tokens per chunk.  ``None`` picks the largest multiple of 16 whose working set --
+        the chunk's float32 logits (twice with ``softcap``; plus the half-precision logits
+        for half inputs) -- fits 128 MiB, e.g. 256 tokens at ``V = 128256`` in float32.
+        The result does not depend on it beyond float rounding, and is deterministic.
+
+    Returns
+    -------
+    Tensor
+        float32 for half inputs, else the input dtype.  Gradients for ``hidden``,
+        ``weight`` and ``bias`` come back in their own dtypes; the weight gradient is
+        accumulated in float32.
+
+    Notes
+    -----
+    * With ``mean`` or ``sum``, the gradients are computed in the forward pass (only when
+      grad mode is on and an input requires grad; otherwise only the loss is computed),
+      and ``backward`` only scales them, in place, by the incoming gradient.  The float32
+      weight gradient is handed to autograd, not copied.
+    * With ``none``, the per-token upstream gradient is unknown in the forward pass, so
+      ``backward`` recomputes the logits chunk by chunk (:math:`8 N D V` FLOPs in all); it
+      is exact for any upstream gradient.
+    * A second backward through the same graph (``retain_graph=True``) recomputes and is
+      right.  Double backward (``create_graph=True``) is not supported and raises.
+    * Under ``torch.compile`` the function runs eagerly (a graph break), like
+      PyTorch's own chunked path.
+    * Class weights and probability targets are not supported here (they would need a
+      ``(N, V)`` target); use :func:`cross_entropy` on the logits for those.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import linear_cross_entropy
+    >>> hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> weight = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> linear_cross_entropy(hidden, weight, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
+    tensor(0.2395)
+    """
+    _checks.floating(hidden, "hidden")
+    _checks.floating(weight, "weight")
+    if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
+            f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(
+            f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}"
+        )
+    vocab, dim = weight.shape
+    if vocab == 0:
+        raise ValueError("weight must have at least one row (class)")
+    if bias is not None:
+        _checks.floating(bias, "bias")
+        if tuple(bias.shape) != (vocab,):
+            raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+    _checks.tensor(target, "target")
+    if target.dtype.is_floating_point:
+        raise TypeError(
+            "target must hold integer class indices for linear_cross_entropy (probability "
+            "targets need the full logits: use cross_entropy)"
+        )
+    ignore = _checks.ignore_index(ignore_index)
+    _checks.target(target, (*hidden.shape[:-1], vocab), validate, ignore)
+    reduction = _checks.reduction(reduction)
+    chunk = _checks.chunk_size(chunk_size)
+    cap = _checks.softcap(softcap)
+
+    flat = hidden.reshape(-1, dim).contiguous()
+    labels = target.reshape(-1).long()
+    if chunk is None:
+        chunk = _chunked.default_chunk_size(flat.shape[0], vocab, hidden.dtype, cap is not None)
+    enabled = torch.is_grad_enabled()
+    opts = _chunked.Options(
+        ignore_index=ignore,
+        reduction=reduction,
+        label_smoothing=_checks.label_smoothing(label_smoothing),
+        z_loss=_checks.z_loss(z_loss),
+        softcap=cap,
+        chunk_size=chunk,
+        needs_grad=(
+            enabled and hidden.requires_grad,
+            enabled and weight.requires_grad,
+            enabled and bias is not None and bias.requires_grad,
+        ),
+    )
+    loss = _chunked.apply(flat, weight, bias, labels, opts)
+    if reduction == "none":
+        loss = loss.reshape(hidden.shape[:-1])
+    return loss

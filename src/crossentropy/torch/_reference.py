@@ -1,0 +1,187 @@
+"""Plain-PyTorch losses: the definition, the dense implementation and the test oracle.
+
+Everything here is ordinary differentiable PyTorch, so autograd, double backward,
+``gradcheck`` and ``torch.compile`` work on it unchanged.  The public functions in
+:mod:`crossentropy.torch` check their arguments and then call these; the fused
+:func:`~crossentropy.torch.linear_cross_entropy` is tested against them in float64.
+
+Conventions shared by every loss (``C`` classes, class dimension last):
+
+* ``z = softcap * tanh(logits / softcap)`` first, when ``softcap`` is given;
+  ``lse = logsumexp(z)`` and ``log q = z - lse``.
+* The smoothed target is ``t' = (1 - eps) t + eps / C`` (``t`` one-hot for labels).
+* Per token, with class weights ``w`` (ones when not given):
+  ``H = -sum_c w_c t'_c log q_c`` (for labels exactly ``F.cross_entropy``'s
+  ``(1 - eps) w_y (-log q_y) + eps / C sum_c w_c (-log q_c)``), and
+  ``D = H - S`` with ``S = -sum_c w_c t'_c log t'_c`` the weighted entropy of ``t'``.
+* A token's weight ``omega`` is ``w[y]`` for labels (0 when ignored) and 1 for
+  probabilities.  The z-loss adds ``z_loss * omega * lse**2``.
+* ``mean`` divides the sum by ``sum omega`` (``F.cross_entropy``'s rule; the number of
+  tokens for probability targets) and gives 0, not NaN, when that sum is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cross_entropy", "entropy_loss", "kl_loss", "reduce", "token_losses"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``logits`` in the compute dtype, soft-capped when ``softcap`` is given."""
+    z = logits.to(compute_dtype(logits.dtype))
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+def _label_entropy(
+    eps: float, num_classes: int, w_y: torch.Tensor, w_total: torch.Tensor | float
+) -> torch.Tensor:
+    """Weighted entropy of the smoothed one-hot target, in closed form (no (N, C) tensor)."""
+    on = 1.0 - eps + eps / num_classes
+    off = eps / num_classes
+    on_term = torch.special.xlogy(torch.tensor(on, dtype=w_y.dtype), on)
+    off_term = torch.special.xlogy(torch.tensor(off, dtype=w_y.dtype), off)
+    return -(on_term * w_y + off_term * (w_total - w_y))
+
+
+def token_losses(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    divergence: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses and token weights ``omega``, both of shape ``logits.shape[:-1]``.
+
+    ``divergence=False`` gives the cross-entropy ``H``, ``True`` the KL divergence
+    ``D = H - S``.  The ``S`` term never involves the logits, so the two have the same
+    gradient with respect to them, to the bit.  Labels outside ``[0, C)`` that are not
+    ``ignore_index`` give NaN.
+    """
+    z = capped(logits, softcap)
+    dtype = z.dtype
+    num_classes = z.shape[-1]
+    eps = float(label_smoothing)
+    lse = torch.logsumexp(z, dim=-1)
+    logq = z - lse.unsqueeze(-1)
+    w = None if weight is None else weight.to(dtype)
+    if target.dtype.is_floating_point:
+        t = target.to(dtype)
+        if eps:
+            t = (1.0 - eps) * t + eps / num_classes
+        wt = t if w is None else t * w
+        loss = -(wt * logq).sum(-1)
+        if divergence:
+            loss = loss + (wt * torch.log(torch.where(t > 0, t, 1.0))).sum(-1)
+        omega = torch.ones_like(lse)
+    else:
+        y = target.long()
+        counted = y != ignore_index
+        valid = (y >= 0) & (y < num_classes)
+        safe = torch.where(counted & valid, y, 0)
+        nll = -logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        w_y = torch.ones_like(nll) if w is None else w[safe]
+        omega = torch.where(counted, w_y, 0.0)
+        loss = (1.0 - eps) * omega * nll
+        if eps:
+            smooth = -logq.sum(-1) if w is None else -(logq * w).sum(-1)
+            loss = loss + torch.where(counted, (eps / num_classes) * smooth, 0.0)
+        if divergence:
+            w_total = float(num_classes) if w is None else w.sum()
+            entropy = _label_entropy(eps, num_classes, w_y, w_total)
+            loss = loss - torch.where(counted, entropy, 0.0)
+        loss = torch.where(counted & ~valid, torch.nan, loss)
+    if z_loss:
+        loss = loss + z_loss * omega * lse.square()
+    return loss, omega
+
+
+def reduce(loss: torch.Tensor, omega: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``none``, ``sum``, or ``mean`` as ``sum(loss) / sum(omega)`` with 0 / 0 = 0."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    denom = omega.sum()
+    # A where() on the quotient would leak NaN into the gradient; guard the divisor.
+    return total / torch.where(denom != 0, denom, 1.0)
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Cross-entropy ``H(t', softmax(z))`` per the module conventions, unchecked."""
+    loss, omega = token_losses(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    return reduce(loss, omega, reduction)
+
+
+def kl_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """KL divergence ``D(t' || softmax(z))`` per the module conventions, unchecked."""
+    loss, omega = token_losses(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        divergence=True,
+    )
+    return reduce(loss, omega, reduction)
+
+
+def entropy_loss(
+    logits: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The model's entropy ``-sum_c q_c log q_c`` per token, ``mask`` selecting tokens."""
+    z = capped(logits, softcap)
+    logq = torch.log_softmax(z, dim=-1)
+    loss = -(logq.exp() * logq).sum(-1)
+    if mask is None:
+        omega = torch.ones_like(loss)
+    else:
+        omega = mask.to(loss.dtype)
+        loss = torch.where(mask, loss, 0.0)
+    return reduce(loss, omega, reduction)
