@@ -1,0 +1,122 @@
+"""End-to-end tests of ``crossentropy demo``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+PIL = pytest.importorskip("PIL.Image")
+
+from crossentropy.cli import _demo_data, main  # noqa: E402
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crossentropy.cli", "demo", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object]:
+    out = tmp_path_factory.mktemp("demo")
+    done = _run("--steps", "40", "--base", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "demo.json").read_text()), out
+
+
+def test_writes_json_and_a_valid_png(text_run):
+    result, out = text_run
+    for key in ("dataset", "base", "entropy_data", "max_parameter_difference", "history",
+                "history_kl", "held_out"):
+        assert key in result
+    assert result["dataset"] == "text" and result["base"] == 2
+    assert len(result["history"]) == len(result["history_kl"]) == 41
+    assert set(result["history"][0]) == {"step", "cross_entropy", "kl_divergence", "entropy"}
+    with PIL.open(out / "demo.png") as image:
+        image.verify()
+
+
+def test_identity_holds_and_runs_agree_at_every_step(text_run):
+    result, _ = text_run
+    for entry, entry_kl in zip(result["history"], result["history_kl"], strict=True):
+        for e in (entry, entry_kl):
+            assert abs(e["cross_entropy"] - e["kl_divergence"] - e["entropy"]) < 1e-12
+            assert e["entropy"] == pytest.approx(result["entropy_data"], abs=1e-12)
+        assert entry["cross_entropy"] == pytest.approx(entry_kl["cross_entropy"], abs=1e-12)
+    assert result["max_parameter_difference"] < 1e-12
+
+
+def test_loss_descends_to_the_data_entropy(text_run):
+    result, _ = text_run
+    first, last = result["history"][0], result["history"][-1]
+    assert last["kl_divergence"] < 0.1 * first["kl_divergence"]
+    assert last["cross_entropy"] >= result["entropy_data"]
+    assert result["held_out"][-1] > last["cross_entropy"]
+
+
+def test_entropy_of_the_data_matches_an_independent_count(text_run):
+    # H(next | previous) of the training text, counted with collections.Counter.
+    result, _ = text_run
+    pieces = _demo_data.standard_library_text().split(". ")
+    paragraphs = [p + "." for p in pieces[:-1]] + pieces[-1:]  # the split keeps the "."
+    paragraphs = [p for p in paragraphs if len(p) > 1]
+    train = [p for i, p in enumerate(paragraphs) if i % 5]
+    pairs: Counter[tuple[str, str]] = Counter()
+    for p in train:
+        pairs.update(zip(p[:-1], p[1:], strict=False))
+    contexts: Counter[str] = Counter()
+    for (a, _), n in pairs.items():
+        contexts[a] += n
+    total = sum(pairs.values())
+    h = -sum(n / total * math.log2(n / contexts[a]) for (a, _), n in pairs.items())
+    assert result["entropy_data"] == pytest.approx(h, rel=1e-9)
+
+
+def test_digits_distillation_runs(tmp_path):
+    pytest.importorskip("sklearn")
+    done = _run("--dataset", "digits", "--steps", "20", "--out", str(tmp_path), "--no-plot")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert result["dataset"] == "digits" and not (tmp_path / "demo.png").exists()
+    assert result["max_parameter_difference"] < 1e-12
+    assert 0 < result["entropy_data"] < math.log(10)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "must be at least 1"),
+        (["--steps", "x"], "not an integer"),
+        (["--dataset", "nope"], "invalid choice"),
+        (["--base", "1"], "base must be"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["demo", "--out", str(tmp_path), *args])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_output_folder_that_is_a_file_is_an_error_not_a_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    done = _run("--steps", "2", "--out", str(blocker), "--no-plot")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep me"
+
+
+def test_bigram_rows_are_distributions():
+    data = _demo_data.text()
+    np.testing.assert_allclose(data.train.targets.sum(axis=1), 1.0)
+    assert data.train.weights.sum() == pytest.approx(1.0)
