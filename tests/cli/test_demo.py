@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -70,7 +71,7 @@ def test_entropy_of_the_data_matches_an_independent_count(text_run):
     train = [p for i, p in enumerate(paragraphs) if i % 5]
     pairs: Counter[tuple[str, str]] = Counter()
     for p in train:
-        pairs.update(zip(p[:-1], p[1:], strict=False))
+        pairs.update(itertools.pairwise(p))
     contexts: Counter[str] = Counter()
     for (a, _), n in pairs.items():
         contexts[a] += n
