@@ -1,9 +1,357 @@
-"""``crossentropy report``: placeholder until the report lands (issue 4)."""
+"""``crossentropy report``: split a model's loss on real predictions into its parts.
+
+Usage::
+
+    crossentropy report PATH [--label COL] [--form probs|logits|log_probs] [--group COL]
+        [--classes A,B,...] [--base 2] [--json OUT] [--plot OUT.png]
+        [--batch-size ROWS] [--tolerance TOL]
+
+The input (CSV, TSV, Parquet or .npz; layouts in ``_report_read``) has one row per
+example: a label and the model's probabilities, logits or log-probabilities, one column
+per class.  With ``--group COL`` rows sharing a group are the same input, and the labels
+seen for an input give the data's conditional entropy S(D) = H_D(label | input): the part
+of the loss no model can remove.  Then
+
+    cross_entropy = entropy + kl_divergence                 H = S(D) + D(P(D) || model)
+    kl_divergence = miscalibration + rest                   miscalibration: what a single
+                                                            temperature removes
+
+Memory is bounded, whatever the number of rows n:
+
+* one batch of ``--batch-size`` rows (default ``max(64, 2**21 // K)``, i.e. about 2
+  million values) and a few per-row vectors, plus the reader's buffers (Parquet: a 1 MiB
+  buffer per column read, no prefetching of whole row groups; CSV: one block);
+* the temperature sample: at most ``max(1024, 2**23 // K)`` rows of K values (2**23
+  values: 32 MiB as float32, 64 MiB as float64);
+* O(K) per-class and 15 per-bin counters;
+* with ``--group``: the counts of distinct (group, label) pairs -- this one grows with the
+  number of distinct groups, not with n.
+
+For 10 million rows x 100 float32 classes in Parquet that is ~20,000-row batches and a
+83,886-row sample: a few hundred MiB in all, the same for 10 or 100 million rows.
+
+The temperature T minimises the mean of ``-log softmax(log q / T)[label]``.  It is fitted
+exactly on all rows when they fit the sample, otherwise on a uniform random sample
+(reservoir sampling, fixed seed) of ``max(1024, 2**23 // K)`` rows; the loss reduction
+measured on the sample is subtracted from the exact loss to give
+``cross_entropy_calibrated``.  Rows whose label has probability 0 (loss +inf at every
+temperature) are left out of the fit; the report then shows the loss as +inf.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import numpy as np
+
+from ._measures import _base
+from ._report_read import LabelMap, default_batch_rows, open_source
+from ._report_stats import DEFAULT_TOLERANCE, Accumulator
+
+_NATS_KEYS = ("cross_entropy", "entropy", "kl_divergence", "label_entropy",
+              "information_gain", "cross_entropy_calibrated", "miscalibration")
+_PER_CLASS_SHOWN = 20
 
 
 def register(commands: Any) -> None:
-    """Add the ``report`` subcommand (not yet built)."""
+    """Add the ``report`` subcommand."""
+    summary = "split a model's loss on your predictions: H = S(D) + KL, calibration, classes"
+    sub = commands.add_parser(
+        "report", help=summary, description=summary + ". " + _LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("path", help="predictions: .csv, .tsv, .parquet or .npz")
+    sub.add_argument("--label", default="label", metavar="COL",
+                     help="the label column (default: label)")
+    sub.add_argument("--form", type=_form, default=None, metavar="{probs,logits,log_probs}",
+                     help="what the class columns hold (default: probs; for .npz the name "
+                          "of the array)")
+    sub.add_argument("--group", default=None, metavar="COL",
+                     help="a column identifying the input: repeated inputs with different "
+                          "labels give the data's entropy S(D)")
+    sub.add_argument("--classes", default=None, metavar="A,B,...", type=_names,
+                     help="the class columns, in order (default: every other column); for "
+                          ".npz, the class names")
+    sub.add_argument("--base", type=_base, default=None,
+                     help="logarithm base: e (nats, default), 2 (bits), or any number > 0")
+    sub.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    sub.add_argument("--plot", default=None, metavar="OUT.png",
+                     help="write a PNG: reliability diagram and the loss split")
+    sub.add_argument("--batch-size", type=_positive_int, default=None, metavar="ROWS",
+                     help="rows per batch (default: about 2 million values per batch)")
+    sub.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="TOL",
+                     help="how far from 1 a row of probabilities may sum "
+                          f"(default {DEFAULT_TOLERANCE:.2g})")
+    sub.set_defaults(run=run)
+
+
+_LAYOUT = """
+Input: one row per example, a label column and one column per class (named by the
+class) with the model's probabilities, logits or log-probabilities.  .npz: arrays
+'label' (n,), one of 'probs' / 'logits' / 'log_probs' (n, K), optional 'classes' (K,)
+and 'group' (n,); without 'classes' the labels are class indices 0..K-1."""
+
+
+def _form(text: str) -> str:
+    form = text.strip().lower().replace("-", "_")
+    if form not in ("probs", "logits", "log_probs"):
+        raise argparse.ArgumentTypeError(f"must be probs, logits or log_probs; got {text!r}")
+    return form
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty class name in {text!r}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
+    """Refuse outputs that would overwrite the input or each other, before any work."""
+    given = {flag: out for flag, out in outputs.items() if out}
+    real_in = os.path.realpath(path)
+    for flag, out in given.items():
+        same = os.path.realpath(out) == real_in
+        if not same and os.path.exists(out) and os.path.exists(path):
+            same = os.path.samefile(out, path)
+        if same:
+            raise ValueError(f"{flag} {out!r} is the input file; refusing to overwrite it")
+        if os.path.isdir(out):
+            raise ValueError(f"{flag} {out!r} is a directory")
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise ValueError(f"{flag} {out!r}: no such directory {folder!r}")
+    if len({os.path.realpath(o) for o in given.values()}) < len(given):
+        raise ValueError("--json and --plot name the same file")
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, then a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _progress(total: int | None) -> Any:
+    """A rich progress bar on stderr, or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+    except ImportError:
+        return None
+    return Progress(TextColumn("reading rows"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def compute(args: argparse.Namespace) -> dict[str, Any]:
+    """Read the input and return the report (the JSON object)."""
+    base = args.base
+    if base is not None and (not math.isfinite(base) or base <= 0 or base == 1):
+        raise ValueError(f"--base must be a positive number other than 1; got {base:g}")
+    if not (args.tolerance >= 0):
+        raise ValueError(f"--tolerance must be >= 0; got {args.tolerance}")
+    _check_outputs(args.path, {"--json": args.json, "--plot": args.plot})
+    source = open_source(args.path, label=args.label, group=args.group, form=args.form,
+                         classes=args.classes)
+    k = len(source.class_names)
+    rows = args.batch_size or default_batch_rows(k)
+    acc = Accumulator(k, source.form, source.dtype, tolerance=args.tolerance,
+                      line_offset=source.line_offset)
+    labels = LabelMap(source.class_names, source.line_offset)
+    start = time.perf_counter()
+    progress = _progress(source.num_rows)
+    task = progress.add_task("read", total=source.num_rows) if progress else None
+    try:
+        if progress:
+            progress.start()
+        for values, raw_labels, raw_groups in source.batches(rows):
+            acc.update(values, labels(raw_labels, acc.n), raw_groups, source.class_names)
+            if progress:
+                progress.update(task, completed=acc.n)
+    finally:
+        if progress:
+            progress.stop()
+    if acc.n == 0:
+        raise ValueError(f"{args.path!r} has no rows")
+    read_s = time.perf_counter() - start
+    stats = acc.result()
+    seconds = time.perf_counter() - start
+    return _assemble(args, source, stats, base, seconds, read_s)
+
+
+def _assemble(args: argparse.Namespace, source: Any, stats: dict[str, Any],
+              base: float | None, seconds: float, read_s: float) -> dict[str, Any]:
+    scale = 1.0 if base is None else math.log(base)
+    unit = "nats" if base is None else ("bits" if base == 2 else f"base {base:g}")
+    report: dict[str, Any] = {
+        "input": args.path,
+        "format": source.format,
+        "form": source.form,
+        "n": stats["n"],
+        "num_classes": stats["num_classes"],
+        "num_groups": stats["num_groups"],
+        "base": math.e if base is None else base,
+        "unit": unit,
+    }
+    for key in ("cross_entropy", "entropy", "kl_divergence", "label_entropy",
+                "information_gain", "perplexity", "accuracy", "ece", "temperature",
+                "cross_entropy_calibrated", "miscalibration"):
+        value = float(stats[key])
+        report[key] = value / scale if key in _NATS_KEYS else value
+    report.update(
+        temperature_exact=bool(stats["temperature_exact"]),
+        temperature_rows=int(stats["temperature_rows"]),
+        infinite_loss_rows=int(stats["infinite_loss_rows"]),
+    )
+    report["per_class"] = [
+        {"class": name, "count": int(count),
+         "mean_loss": float(mean) / scale if count else None,
+         "share": float(share) if math.isfinite(share) else None}
+        for name, count, mean, share in zip(source.class_names, stats["class_count"],
+                                            stats["class_mean_loss"], stats["class_share"],
+                                            strict=True)
+    ]
+    report["reliability"] = [{k: (float(v) if isinstance(v, (float, np.floating)) else v)
+                              for k, v in b.items()} for b in stats["reliability"]]
+    report["seconds"] = round(seconds, 3)
+    report["rows_per_second"] = round(stats["n"] / read_s) if read_s > 0 else None
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    report = compute(args)
+    _print(report)
+    if args.json:
+        text = json.dumps(report, indent=2) + "\n"
+        write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
+    if args.plot:
+        from ._report_plot import save_plot
+
+        write_atomic(args.plot, lambda f: save_plot(report, f))
+    return 0
+
+
+def _fmt(value: Any, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "+inf" if value > 0 else "-inf"
+        return f"{value:.{digits}g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    u = r["unit"]
+    fit = (f"exact, all {r['temperature_rows']:,} rows" if r["temperature_exact"]
+           else f"on a random sample of {r['temperature_rows']:,} rows")
+    return [
+        ("cross-entropy H", f"{_fmt(r['cross_entropy'])} {u}",
+         "the loss: mean -log q(label)"),
+        ("  entropy S(D)", f"{_fmt(r['entropy'])} {u}",
+         "irreducible: the labels' entropy given the input"
+         + ("" if r["num_groups"] else " (0: every input unique)")),
+        ("  KL divergence", f"{_fmt(r['kl_divergence'])} {u}",
+         "reducible: H - S(D) = D(P(D) || model)"),
+        ("    miscalibration", f"{_fmt(r['miscalibration'])} {u}",
+         "what the best single temperature removes"),
+        ("label entropy", f"{_fmt(r['label_entropy'])} {u}",
+         "loss of the best constant prediction"),
+        ("information gain", f"{_fmt(r['information_gain'])} {u}", "label entropy - H"),
+        ("perplexity", _fmt(r["perplexity"]), "exp(H in nats)"),
+        ("accuracy", _fmt(r["accuracy"]), "top-1"),
+        ("ECE", _fmt(r["ece"]), "15 bins, top label"),
+        ("temperature T", _fmt(r["temperature"], 4), f"fitted {fit}"),
+        ("H calibrated", f"{_fmt(r['cross_entropy_calibrated'])} {u}", "the loss at T"),
+    ]
+
+
+def _per_class(r: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    classes = r["per_class"]
+    if len(classes) <= _PER_CLASS_SHOWN:
+        return classes, 0
+    ranked = sorted(classes, key=lambda c: -(c["share"] if c["share"] is not None else
+                                              (math.inf if c["count"] else -1)))
+    return ranked[:_PER_CLASS_SHOWN], len(classes) - _PER_CLASS_SHOWN
+
+
+def _print(r: dict[str, Any]) -> None:
+    head = (f"{r['n']:,} rows, {r['num_classes']} classes"
+            + (f", {r['num_groups']:,} groups" if r["num_groups"] else "")
+            + f" ({r['form']}, {r['format']}); {r['seconds']:.2f} s")
+    shown, hidden = _per_class(r)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(head)
+        for name, value, note in _rows(r):
+            print(f"{name:<20} {value:<24} {note}")
+        for c in shown:
+            print(f"class {c['class']!s:<14} {c['count']:>10,} {_fmt(c['mean_loss']):>12} "
+                  f"{_fmt(c['share'], 4):>8}")
+        return
+    console = Console(highlight=False)
+    table = Table(title=f"crossentropy report: {r['input']}", caption=head,
+                  title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("meaning", style="dim")
+    for row in _rows(r):
+        table.add_row(*row)
+    console.print(table)
+    classes = Table(title="per class" + (f" (the {len(shown)} with the largest share of "
+                                         f"the loss; {hidden} more in --json)"
+                                         if hidden else ""),
+                    title_justify="left")
+    classes.add_column("class")
+    classes.add_column("count", justify="right")
+    classes.add_column(f"mean loss ({r['unit']})", justify="right")
+    classes.add_column("share of loss", justify="right")
+    for c in shown:
+        share = "-" if c["share"] is None else f"{100 * c['share']:.2f}%"
+        classes.add_row(str(c["class"]), f"{c['count']:,}", _fmt(c["mean_loss"]), share)
+    console.print(classes)

@@ -1,0 +1,418 @@
+"""The report's arithmetic: one streaming pass, a reservoir sample, the temperature fit.
+
+Everything here works on batches of NumPy arrays and keeps state whose size does not
+depend on the number of rows, except the (group, label) counts behind S(D), which grow
+with the number of distinct (group, label) pairs.  All quantities are in nats; the caller
+converts to another base.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMS = ("probs", "logits", "log_probs")
+ECE_BINS = 15
+# The temperature is fitted exactly when the (finite-loss) rows fit in this many values
+# (rows x classes), otherwise on a uniform reservoir sample of that many values.
+SAMPLE_VALUES = 2**23
+SAMPLE_MIN_ROWS = 1024
+# Temperatures are searched in [1/100, 100].
+BETA_BOUNDS = (1e-2, 1e2)
+# Probability rows must sum to 1 within this (sklearn's float32 check); --tolerance.
+DEFAULT_TOLERANCE = math.sqrt(float(np.finfo(np.float32).eps))
+
+
+def sample_rows(num_classes: int) -> int:
+    """Rows the temperature sample holds for ``num_classes`` classes."""
+    return max(SAMPLE_MIN_ROWS, SAMPLE_VALUES // max(num_classes, 1))
+
+
+def _row_text(row: int, line_offset: int | None) -> str:
+    if line_offset is None:
+        return f"row {row}"
+    return f"row {row} (line {row + line_offset})"
+
+
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` rows (Vitter's algorithm R).
+
+    Row ``t`` (counting offered rows from 0) replaces slot ``j ~ U{0..t}`` when
+    ``j < capacity``; processed in order, that is algorithm R exactly, so every subset of
+    ``capacity`` rows is equally likely.  The seed is fixed: reports are reproducible.
+    """
+
+    def __init__(self, capacity: int, num_classes: int, dtype: Any, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.values = np.empty((0, num_classes), dtype=dtype)
+        self.labels = np.empty(0, dtype=np.int64)
+        self._num_classes = num_classes
+        self._dtype = dtype
+        self.seen = 0
+        self._filled = 0
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def exact(self) -> bool:
+        """True while the sample is every row offered."""
+        return self.seen <= self.capacity
+
+    def offer(self, values: np.ndarray, labels: np.ndarray) -> None:
+        count = values.shape[0]
+        if count == 0:
+            return
+        filled = self._filled
+        take = min(self.capacity - filled, count)
+        if take > 0:
+            if filled == 0:
+                self.values = np.empty((self.capacity, self._num_classes), dtype=self._dtype)
+                self.labels = np.empty(self.capacity, dtype=np.int64)
+            self.values[self._filled:self._filled + take] = values[:take]
+            self.labels[self._filled:self._filled + take] = labels[:take]
+            self._filled += take
+        rest = count - take
+        if rest > 0:
+            t = self.seen + take + np.arange(rest, dtype=np.int64)
+            slots = (self._rng.random(rest) * (t + 1)).astype(np.int64)
+            keep = np.flatnonzero(slots < self.capacity)
+            if keep.size:
+                # The last row to land in a slot wins, as in the sequential algorithm.
+                rev_slots = slots[keep][::-1]
+                unique_slots, first = np.unique(rev_slots, return_index=True)
+                rows = take + keep[::-1][first]
+                self.values[unique_slots] = values[rows]
+                self.labels[unique_slots] = labels[rows]
+        self.seen += count
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.values[:self._filled], self.labels[:self._filled]
+
+
+@dataclass
+class TemperatureFit:
+    temperature: float
+    loss_before: float  # mean loss on the fitted rows at T = 1, nats
+    loss_after: float  # at the fitted temperature
+    rows: int
+    iterations: int
+
+
+def _scores(values: np.ndarray, form: str) -> np.ndarray:
+    """Row-centred scores z with softmax(z) = the model's distribution, max(z) = 0."""
+    if form == "probs":
+        with np.errstate(divide="ignore"):
+            z = np.log(values)
+    else:
+        z = np.array(values, copy=True)
+    z -= z.max(axis=1, keepdims=True)
+    # -inf marks a class with probability 0.  A large finite stand-in keeps exp(beta z)
+    # exactly 0 for every beta in the bounds while z * exp(beta z) stays 0, not NaN, and
+    # z**2 stays finite in float32.
+    np.maximum(z, -1e15, out=z)
+    return z
+
+
+def fit_temperature(values: np.ndarray, labels: np.ndarray, form: str) -> TemperatureFit:
+    """The T minimising the mean of ``-log softmax(z / T)[label]`` over the rows.
+
+    With beta = 1/T the loss ``f(beta) = mean(logsumexp(beta z) - beta z_y)`` is convex:
+    ``f' = mean(E_q[z] - z_y)`` and ``f'' = mean(Var_q[z]) >= 0``.  Safeguarded Newton on
+    beta, bracketed in ``BETA_BOUNDS`` and falling back to bisection in log beta, finds
+    the minimiser to rounding in a handful of passes over the sample.  Every row must have
+    a finite loss at T = 1 (rows with a zero-probability label are left out by the
+    caller: their loss is +inf at every temperature).
+    """
+    m = values.shape[0]
+    if m == 0:
+        return TemperatureFit(1.0, math.nan, math.nan, 0, 0)
+    z = _scores(values, form)
+    rows = np.arange(m)
+    zy = z[rows, labels].astype(np.float64)
+    mean_zy = float(zy.mean())
+
+    def evaluate(beta: float) -> tuple[float, float, float]:
+        e = np.exp(z * z.dtype.type(beta))
+        s = e.sum(axis=1, dtype=np.float64)
+        ez = e * z
+        m1 = ez.sum(axis=1, dtype=np.float64) / s
+        m2 = np.einsum("ij,ij->i", ez, z, dtype=np.float64) / s
+        loss = float(np.log(s).mean()) - beta * mean_zy
+        grad = float(m1.mean()) - mean_zy
+        hess = float(np.maximum(m2 - m1 * m1, 0.0).mean())
+        return loss, grad, hess
+
+    lo, hi = BETA_BOUNDS
+    beta = 1.0
+    loss1, grad, hess = evaluate(beta)
+    best = (loss1, beta)
+    iterations = 1
+    for _ in range(100):
+        if grad > 0:
+            hi = beta
+        else:
+            lo = beta
+        if grad == 0 or hi / lo < 1 + 1e-12:
+            break
+        step = grad / hess if hess > 0 else math.inf
+        new = beta - step
+        if not (lo < new < hi):
+            new = math.sqrt(lo * hi)
+        if abs(new - beta) <= 1e-12 * beta:
+            break
+        beta = new
+        loss, grad, hess = evaluate(beta)
+        iterations += 1
+        if loss < best[0]:
+            best = (loss, beta)
+        if abs(step) <= 1e-10 * beta:
+            break
+    loss_after, beta = best
+    return TemperatureFit(1.0 / beta, loss1, loss_after, m, iterations)
+
+
+class Accumulator:
+    """One streaming pass over (values, labels[, groups]) batches.
+
+    Keeps O(classes + bins) counters, a :class:`Reservoir` for the temperature fit, and
+    (with groups) the (group, label) counts.
+    """
+
+    def __init__(self, num_classes: int, form: str, dtype: Any, *,
+                 tolerance: float = DEFAULT_TOLERANCE, sample: bool = True,
+                 line_offset: int | None = None) -> None:
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}; got {form!r}")
+        self.num_classes = num_classes
+        self.form = form
+        self.tolerance = tolerance
+        self.line_offset = line_offset
+        self.n = 0
+        self.correct = 0
+        self.class_count = np.zeros(num_classes, dtype=np.int64)
+        self.class_loss = np.zeros(num_classes, dtype=np.float64)
+        self.bin_count = np.zeros(ECE_BINS, dtype=np.int64)
+        self.bin_confidence = np.zeros(ECE_BINS, dtype=np.float64)
+        self.bin_correct = np.zeros(ECE_BINS, dtype=np.float64)
+        self.infinite = 0
+        self.reservoir = (Reservoir(sample_rows(num_classes), num_classes, dtype)
+                          if sample else None)
+        self.groups: GroupCounts | None = None
+
+    # -- validation -----------------------------------------------------------------
+    def _where(self, mask_rows: np.ndarray) -> int:
+        return int(np.flatnonzero(mask_rows)[0])
+
+    def _fail(self, message: str, row: int) -> None:
+        raise ValueError(message.format(where=_row_text(self.n + row, self.line_offset)))
+
+    def _check_probs(self, values: np.ndarray, class_names: list[str] | None) -> None:
+        sums = values.sum(axis=1)
+        if values.min() >= 0 and np.all(np.abs(sums - 1) <= self.tolerance):
+            return
+        self._explain(values, sums, "probabilities", class_names)
+
+    def _explain(self, values: np.ndarray, sums: np.ndarray, what: str,
+                 class_names: list[str] | None) -> None:
+        def name(col: int) -> str:
+            return repr(class_names[col]) if class_names else str(col)
+
+        nan = np.isnan(values)
+        if nan.any():
+            row = self._where(nan.any(axis=1))
+            col = int(np.flatnonzero(nan[row])[0])
+            self._fail(f"NaN or missing value in {{where}}, class {name(col)}", row)
+        if what == "probabilities":
+            bad = ~np.isfinite(values) | (values < 0)
+            if bad.any():
+                row = self._where(bad.any(axis=1))
+                col = int(np.flatnonzero(bad[row])[0])
+                self._fail(f"negative or infinite probability {values[row, col]:g} in "
+                           f"{{where}}, class {name(col)}", row)
+        else:
+            bad = values == np.inf
+            if bad.any():
+                row = self._where(bad.any(axis=1))
+                col = int(np.flatnonzero(bad[row])[0])
+                self._fail(f"+inf {what.rstrip('s')} in {{where}}, class {name(col)}", row)
+        if what == "logits":
+            return
+        off = ~(np.abs(sums - 1) <= self.tolerance)
+        row = self._where(off)
+        total = "the probabilities" if what == "probabilities" else "exp(log-probabilities)"
+        self._fail(f"{total} in {{where}} sum to {float(sums[row]):.9g}, not 1 (tolerance "
+                   f"{self.tolerance:.2g}); normalise them, raise --tolerance, or use "
+                   "--form logits", row)
+
+    # -- the pass -------------------------------------------------------------------
+    def update(self, values: np.ndarray, labels: np.ndarray, groups: Any = None,
+               class_names: list[str] | None = None) -> None:
+        """Add a batch: ``values`` (b, K) in the accumulator's form, ``labels`` (b,) int."""
+        b = values.shape[0]
+        if b == 0:
+            return
+        rows = np.arange(b)
+        pred = values.argmax(axis=1)
+        top = values[rows, pred].astype(np.float64)
+        picked = values[rows, labels].astype(np.float64)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            if self.form == "probs":
+                self._check_probs(values, class_names)
+                confidence = top
+                loss = -np.log(picked)
+            elif self.form == "log_probs":
+                if not np.all(top < np.inf):  # NaN or +inf somewhere in the row
+                    self._explain(values, np.exp(values).sum(axis=1), "log-probabilities",
+                                  class_names)
+                sums = np.exp(values).sum(axis=1)
+                if not np.all(np.abs(sums - 1) <= self.tolerance):
+                    self._explain(values, sums, "log-probabilities", class_names)
+                confidence = np.exp(top)
+                loss = -picked
+            else:
+                if not np.all(np.isfinite(top)):
+                    if np.isnan(top).any() or (top == np.inf).any():
+                        self._explain(values, top, "logits", class_names)
+                    row = self._where(~np.isfinite(top))
+                    self._fail("every logit in {where} is -inf", row)
+                shifted = values - top.astype(values.dtype)[:, None]
+                s = np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64)
+                lse = top + np.log(s)
+                confidence = 1.0 / s
+                loss = lse - picked
+        correct = pred == labels
+        self.correct += int(np.count_nonzero(correct))
+        self.class_count += np.bincount(labels, minlength=self.num_classes)
+        self.class_loss += np.bincount(labels, weights=loss, minlength=self.num_classes)
+        bins = np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+        self.bin_count += np.bincount(bins, minlength=ECE_BINS)
+        self.bin_confidence += np.bincount(bins, weights=confidence, minlength=ECE_BINS)
+        self.bin_correct += np.bincount(bins, weights=correct, minlength=ECE_BINS)
+        if self.reservoir is not None:
+            finite = np.isfinite(loss)
+            if finite.all():
+                self.reservoir.offer(values, labels)
+            else:
+                keep = np.flatnonzero(finite)
+                self.reservoir.offer(values[keep], labels[keep])
+        self.infinite += int(b - np.count_nonzero(np.isfinite(loss)))
+        if groups is not None:
+            if self.groups is None:
+                self.groups = GroupCounts()
+            self.groups.add(groups, labels)
+        self.n += b
+
+    # -- results --------------------------------------------------------------------
+    def result(self, *, fit: bool = True) -> dict[str, Any]:
+        """The report's numbers, in nats (see ``_report`` for the schema)."""
+        n = self.n
+        if n == 0:
+            raise ValueError("no rows")
+        total = float(self.class_loss.sum())
+        cross_entropy = total / n
+        counts = self.class_count.astype(np.float64)
+        freq = counts[counts > 0] / n
+        label_entropy = float(-(freq * np.log(freq)).sum())
+        if self.groups is not None:
+            entropy, num_groups = self.groups.entropy(n)
+        else:
+            entropy, num_groups = 0.0, None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_loss = self.class_loss / counts
+            share = self.class_loss / total if total > 0 else np.zeros_like(self.class_loss)
+        bins = []
+        ece = 0.0
+        for i in range(ECE_BINS):
+            c = int(self.bin_count[i])
+            conf = self.bin_confidence[i] / c if c else None
+            acc = self.bin_correct[i] / c if c else None
+            if c:
+                ece += c / n * abs(acc - conf)
+            bins.append({"bin": i, "lower": i / ECE_BINS, "upper": (i + 1) / ECE_BINS,
+                         "count": c, "confidence": conf, "accuracy": acc})
+        out: dict[str, Any] = {
+            "n": n,
+            "num_classes": self.num_classes,
+            "num_groups": num_groups,
+            "cross_entropy": cross_entropy,
+            "entropy": entropy,
+            "kl_divergence": cross_entropy - entropy,
+            "label_entropy": label_entropy,
+            "information_gain": label_entropy - cross_entropy,
+            "perplexity": math.exp(cross_entropy) if cross_entropy < 709 else math.inf,
+            "accuracy": self.correct / n,
+            "ece": ece,
+            "infinite_loss_rows": self.infinite,
+            "class_count": self.class_count,
+            "class_mean_loss": mean_loss,
+            "class_share": share,
+            "reliability": bins,
+        }
+        if fit and self.reservoir is not None:
+            values, labels = self.reservoir.sample()
+            result = fit_temperature(values, labels, self.form)
+            # The improvement is measured on the fitted rows (all finite-loss rows when
+            # they fit the sample) and subtracted from the exact loss, so T = 1 would
+            # give back cross_entropy exactly.
+            gain = 0.0
+            if result.rows:
+                per_row = max(result.loss_before - result.loss_after, 0.0)
+                gain = per_row * self.reservoir.seen / n
+            out.update(
+                temperature=result.temperature,
+                cross_entropy_calibrated=cross_entropy - gain,
+                miscalibration=gain,
+                temperature_rows=result.rows,
+                temperature_exact=self.reservoir.exact,
+                temperature_iterations=result.iterations,
+            )
+        return out
+
+
+class GroupCounts:
+    """Counts of (group, label) pairs, aggregated with pyarrow and compacted as they grow.
+
+    Memory is O(distinct (group, label) pairs), not O(rows).
+    """
+
+    def __init__(self) -> None:
+        self._tables: list[Any] = []
+        self._pending = 0
+        self._compacted = 0
+
+    def add(self, groups: Any, labels: np.ndarray) -> None:
+        import pyarrow as pa
+
+        if not isinstance(groups, (pa.Array, pa.ChunkedArray)):
+            groups = pa.array(groups)
+        table = pa.table({"g": groups, "y": pa.array(labels)})
+        part = table.group_by(["g", "y"]).aggregate([([], "count_all")])
+        self._tables.append(part.rename_columns(["g", "y", "c"]))
+        self._pending += part.num_rows
+        if self._pending > max(2 * self._compacted, 1 << 20):
+            self._compact()
+
+    def _compact(self) -> None:
+        import pyarrow as pa
+
+        if len(self._tables) > 1:
+            table = pa.concat_tables(self._tables, promote_options="permissive")
+            table = table.group_by(["g", "y"]).aggregate([("c", "sum")])
+            self._tables = [table.rename_columns(["g", "y", "c"])]
+        self._compacted = self._tables[0].num_rows if self._tables else 0
+        self._pending = 0
+
+    def entropy(self, n: int) -> tuple[float, int]:
+        """S(label | group) in nats, from the counts, and the number of groups.
+
+        S = (1/n) * (sum_g n_g log n_g - sum_{g,y} n_gy log n_gy).
+        """
+        self._compact()
+        table = self._tables[0]
+        pair = table["c"].to_numpy().astype(np.float64)
+        per_group = table.group_by(["g"]).aggregate([("c", "sum")])["c_sum"]
+        group = per_group.to_numpy().astype(np.float64)
+        value = (float((group * np.log(group)).sum()) - float((pair * np.log(pair)).sum())) / n
+        return max(value, 0.0), len(group)
