@@ -1,0 +1,405 @@
+"""Counting samples: the :class:`Counts` accumulator and :func:`counts`.
+
+Non-negative integers below ``_DENSE_LIMIT`` are counted in a dense array indexed by the
+symbol (``np.bincount``: as fast as counting gets); every other hashable value (strings,
+negative or huge integers, floats, tuples) is kept in a dictionary, filled from
+``np.unique`` where the batch is an array, so that no Python loop runs over the samples.
+Which of the two holds a symbol depends only on the symbol, so merging is exact.
+"""
+
+from __future__ import annotations
+
+import collections
+import numbers
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .._array import check_axis
+from ._validate import check_positive_int
+
+__all__ = ["Counts", "counts"]
+
+# 2**24 symbols: a dense table of at most 128 MiB. Larger ids go to the dictionary.
+_DENSE_LIMIT = 1 << 24
+
+
+def _is_dense_symbol(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and 0 <= value < _DENSE_LIMIT
+
+
+def _sort_key(item: tuple[Hashable, int]) -> tuple[str, Any]:
+    return (type(item[0]).__name__, item[0])
+
+
+class Counts(Mapping):
+    """How often each symbol occurred: a mergeable accumulator of counts.
+
+    Counts can be built from any hashable values (integers, strings, tuples), from integer
+    arrays (counted with :func:`numpy.bincount`) and from string arrays (counted with
+    :func:`numpy.unique`), in batches, and merged exactly: shards counted on different
+    workers add up to the counts of the whole data set. Every estimator in
+    :mod:`crossentropy.estimate` accepts a ``Counts``.
+
+    Parameters
+    ----------
+    samples : array_like or iterable of hashable, optional
+        A first batch of samples, as for :meth:`update`.
+    alphabet_size : int, optional
+        The number of possible symbols K, seen or not. Without it the alphabet is the set
+        of observed symbols; with it, :meth:`to_array` pads with zeros up to K, which the
+        estimators that depend on K (``nsb``, ``shrinkage``) need.
+
+    Notes
+    -----
+    A ``Counts`` is a read-only :class:`~collections.abc.Mapping` from symbol to count
+    (unseen symbols are absent). Symbols are compared as Python compares dictionary keys,
+    except that the integer ``1`` and the float ``1.0`` are different symbols.
+
+    Examples
+    --------
+    >>> from crossentropy.estimate import Counts
+    >>> a = Counts(["the", "cat", "the"])
+    >>> b = Counts(["the", "dog"])
+    >>> merged = a + b
+    >>> merged["the"], merged.total, len(merged)
+    (3, 5, 3)
+    >>> merged == Counts(["the", "cat", "the", "the", "dog"])
+    True
+    >>> Counts([0, 2, 2, 5], alphabet_size=6).to_array()
+    array([1, 0, 2, 0, 0, 1])
+    """
+
+    __slots__ = ("_dense", "_other", "alphabet_size")
+
+    def __init__(self, samples: Any = None, *, alphabet_size: int | None = None) -> None:
+        self._dense = np.zeros(0, dtype=np.int64)
+        self._other: dict[Hashable, int] = {}
+        self.alphabet_size = (
+            None if alphabet_size is None else check_positive_int(alphabet_size, "alphabet_size")
+        )
+        if samples is not None:
+            self.update(samples)
+
+    # ------------------------------------------------------------------ filling
+
+    def add(self, symbol: Hashable, count: int = 1) -> Counts:
+        """Count ``symbol`` ``count`` more times; returns ``self``."""
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+            raise ValueError(f"count must be a non-negative integer, got {count!r}")
+        if _is_dense_symbol(symbol):
+            self._add_dense(np.array([int(symbol)]), np.array([int(count)]))
+        else:
+            _check_not_nan(symbol)
+            key = symbol.item() if isinstance(symbol, np.generic) else symbol
+            self._other[key] = self._other.get(key, 0) + int(count)
+        return self
+
+    def update(self, samples: Any) -> Counts:
+        """Count a batch of samples (array or iterable of hashables); returns ``self``.
+
+        Integer arrays are counted with :func:`numpy.bincount`, other arrays with
+        :func:`numpy.unique`; a ``Counts`` or a mapping of counts is added in.
+        """
+        if isinstance(samples, Counts):
+            return self._merge_in(samples)
+        if isinstance(samples, Mapping):
+            for symbol, count in samples.items():
+                self.add(symbol, count)
+            return self
+        if isinstance(samples, (str, bytes)):
+            raise ValueError(
+                "samples must be a sequence of symbols; got a single string "
+                f"{samples!r} (wrap it in a list, or pass list(text) to count characters)"
+            )
+        array = _as_sample_array(samples)
+        if array is None:
+            self._update_hashables(samples)
+        else:
+            self._update_array(array)
+        return self
+
+    def _update_array(self, array: np.ndarray) -> None:
+        array = array.reshape(-1)
+        if array.size == 0:
+            return
+        if array.dtype == np.bool_:
+            array = array.view(np.uint8)
+        if np.issubdtype(array.dtype, np.integer):
+            low, high = int(array.min()), int(array.max())
+            if low >= 0 and high < _DENSE_LIMIT:
+                if array.dtype == np.uint64:  # bincount will not cast it safely
+                    array = array.astype(np.int64)
+                self._add_bincount(np.bincount(array))
+                return
+            dense = (array >= 0) & (array < _DENSE_LIMIT)
+            if dense.any():
+                self._add_bincount(np.bincount(array[dense].astype(np.int64)))
+                array = array[~dense]
+        elif np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+            raise ValueError(
+                f"samples contain NaN at index {int(np.flatnonzero(np.isnan(array))[0])}: "
+                "drop missing values before counting"
+            )
+        values, numbers_ = np.unique(array, return_counts=True)
+        self._add_other(zip(values.tolist(), numbers_.tolist(), strict=True))
+
+    def _update_hashables(self, samples: Iterable[Any]) -> None:
+        try:
+            tally = collections.Counter(samples)
+        except TypeError as error:
+            raise ValueError(f"samples must be hashable values: {error}") from None
+        dense = [(int(s), c) for s, c in tally.items() if _is_dense_symbol(s)]
+        if dense:
+            symbols, amounts = zip(*dense, strict=True)
+            self._add_dense(np.array(symbols), np.array(amounts))
+        for symbol in tally:
+            if not _is_dense_symbol(symbol):
+                _check_not_nan(symbol)
+        self._add_other(
+            (s.item() if isinstance(s, np.generic) else s, c)
+            for s, c in tally.items()
+            if not _is_dense_symbol(s)
+        )
+
+    def _add_other(self, items: Iterable[tuple[Hashable, int]]) -> None:
+        other = self._other
+        for symbol, count in items:
+            other[symbol] = other.get(symbol, 0) + count
+
+    def _add_bincount(self, tally: np.ndarray) -> None:
+        if tally.size > self._dense.size:
+            tally = tally.astype(np.int64, copy=True)
+            tally[: self._dense.size] += self._dense
+            self._dense = tally
+        else:
+            self._dense[: tally.size] += tally
+
+    def _add_dense(self, symbols: np.ndarray, amounts: np.ndarray) -> None:
+        tally = np.zeros(int(symbols.max()) + 1, dtype=np.int64)
+        np.add.at(tally, symbols.astype(np.int64), amounts.astype(np.int64))
+        self._add_bincount(tally)
+
+    def _merge_in(self, other: Counts) -> Counts:
+        self._add_bincount(other._dense)
+        self._add_other(other._other.items())
+        return self
+
+    def merge(self, other: Counts) -> Counts:
+        """A new ``Counts`` holding the counts of both (``self + other``).
+
+        The alphabet size is kept when both agree or only one has one.
+        """
+        if not isinstance(other, Counts):
+            raise TypeError(f"other must be a Counts, got {type(other).__name__}")
+        sizes = {self.alphabet_size, other.alphabet_size} - {None}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"cannot merge Counts over alphabets of different sizes {sorted(sizes)}"
+            )
+        result = Counts(alphabet_size=sizes.pop() if sizes else None)
+        result._merge_in(self)
+        result._merge_in(other)
+        return result
+
+    def __add__(self, other: Any) -> Counts:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        return self.merge(other)
+
+    def __iadd__(self, other: Any) -> Counts:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        return self._merge_in(other)
+
+    def copy(self) -> Counts:
+        """An independent copy."""
+        return Counts(alphabet_size=self.alphabet_size)._merge_in(self)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def total(self) -> int:
+        """The number of samples counted, N."""
+        return int(self._dense.sum()) + sum(self._other.values())
+
+    def _dense_symbols(self) -> np.ndarray:
+        return np.flatnonzero(self._dense)
+
+    def _other_items(self) -> list[tuple[Hashable, int]]:
+        items = [(s, c) for s, c in self._other.items() if c]
+        try:
+            return sorted(items, key=_sort_key)
+        except TypeError:
+            return sorted(items, key=lambda item: (type(item[0]).__name__, repr(item[0])))
+
+    def __getitem__(self, symbol: Hashable) -> int:
+        if _is_dense_symbol(symbol):
+            index = int(symbol)
+            if index < self._dense.size and self._dense[index]:
+                return int(self._dense[index])
+            raise KeyError(symbol)
+        if self._other.get(symbol, 0):
+            return self._other[symbol]
+        raise KeyError(symbol)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        yield from self._dense_symbols().tolist()
+        yield from (s for s, _ in self._other_items())
+
+    def __len__(self) -> int:
+        """The observed support: how many distinct symbols were seen."""
+        return int(np.count_nonzero(self._dense)) + sum(1 for c in self._other.values() if c)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        a, b = self._dense, other._dense
+        size = max(a.size, b.size)
+        if not np.array_equal(np.pad(a, (0, size - a.size)), np.pad(b, (0, size - b.size))):
+            return False
+        return {k: v for k, v in self._other.items() if v} == {
+            k: v for k, v in other._other.items() if v
+        }
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def symbols(self) -> list[Hashable]:
+        """The observed symbols, in the order of :meth:`to_array` (integers first)."""
+        return list(self)
+
+    def to_array(self) -> np.ndarray:
+        """The counts as an int64 vector, the form every estimator works on.
+
+        Without ``alphabet_size``: the counts of the observed symbols, in the order of
+        :meth:`symbols`. With it: a vector of length K, where the integer symbol ``k``
+        (when all symbols are integers below K) sits at index ``k`` and the unseen symbols
+        are zeros.
+        """
+        other = np.array([c for _, c in self._other_items()], dtype=np.int64)
+        K = self.alphabet_size
+        if K is not None:
+            seen = len(self)
+            if seen > K:
+                raise ValueError(
+                    f"alphabet_size {K} is smaller than the {seen} distinct symbols counted"
+                )
+            if other.size == 0 and self._dense.size <= K:
+                return np.pad(self._dense, (0, K - self._dense.size))
+        observed = np.concatenate([self._dense[self._dense > 0], other])
+        if K is not None:
+            observed = np.pad(observed, (0, K - observed.size))
+        return observed
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self.to_array()
+        return array if dtype is None else array.astype(dtype)
+
+    def __repr__(self) -> str:
+        items = list(zip(self.symbols()[:6], self.to_array_observed()[:6].tolist(), strict=False))
+        body = ", ".join(f"{s!r}: {c}" for s, c in items)
+        more = ", ..." if len(self) > 6 else ""
+        size = "" if self.alphabet_size is None else f", alphabet_size={self.alphabet_size}"
+        return f"Counts({{{body}{more}}}, total={self.total}{size})"
+
+    def to_array_observed(self) -> np.ndarray:
+        """The counts of the observed symbols only, in the order of :meth:`symbols`."""
+        other = np.array([c for _, c in self._other_items()], dtype=np.int64)
+        return np.concatenate([self._dense[self._dense > 0], other])
+
+
+def _check_not_nan(symbol: Any) -> None:
+    if isinstance(symbol, (float, np.floating)) and symbol != symbol:
+        raise ValueError("samples contain NaN: drop missing values before counting")
+
+
+def _as_sample_array(samples: Any) -> np.ndarray | None:
+    """``samples`` as a NumPy array of scalars, or None to count them as hashables."""
+    if isinstance(samples, np.ndarray):
+        array = samples
+    elif isinstance(samples, (list, tuple)):
+        if not samples:
+            return np.zeros(0, dtype=np.int64)
+        first = type(samples[0])
+        # A list of one scalar type is an array; anything else (tuples, mixed types,
+        # which np.asarray would turn into strings) is counted value by value.
+        if not all(type(s) is first for s in samples) or first not in (int, str, float, bool):
+            return None
+        array = np.asarray(samples)
+    elif hasattr(samples, "__array__") or hasattr(samples, "__array_namespace__"):
+        array = np.asarray(samples)
+    else:
+        return None
+    if array.dtype == object:
+        return None
+    if array.dtype.kind not in "biufUS":
+        raise ValueError(f"samples of dtype {array.dtype} cannot be counted")
+    return array
+
+
+def counts(
+    samples: Any, *, axis: int | None = None, alphabet_size: int | None = None
+) -> Counts | np.ndarray:
+    """Count the symbols in ``samples``.
+
+    Parameters
+    ----------
+    samples : array_like or iterable of hashable
+        Integers, strings or any hashable values. Non-negative integer arrays are counted
+        at :func:`numpy.bincount` speed.
+    axis : int, optional
+        None (the default) counts all samples together into a :class:`Counts`. An integer
+        counts every slice along ``axis`` separately and returns an array of counts.
+    alphabet_size : int, optional
+        The number of possible symbols K (see :class:`Counts`).
+
+    Returns
+    -------
+    Counts or numpy.ndarray
+        With ``axis=None`` a :class:`Counts`. With an axis, an int64 array of shape
+        ``samples.shape`` without ``axis`` plus ``(K,)``: for non-negative integer samples
+        column ``k`` counts the symbol ``k`` and K is ``alphabet_size`` or the largest
+        symbol plus one; for other samples the columns follow the sorted distinct values
+        (:func:`numpy.unique`), padded with zeros up to ``alphabet_size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossentropy.estimate import counts
+    >>> counts(np.array([3, 1, 3, 3])).to_array()
+    array([1, 3])
+    >>> counts(np.array([[0, 1, 1], [2, 2, 2]]), axis=1)
+    array([[1, 2, 0],
+           [0, 0, 3]])
+    """
+    if axis is None:
+        return Counts(samples, alphabet_size=alphabet_size)
+    array = np.asarray(samples)
+    if array.ndim == 0:
+        raise ValueError("samples must have at least one axis when axis is given")
+    axis = check_axis(axis, array.ndim)
+    array = np.moveaxis(array, axis, -1)
+    if array.shape[-1] == 0:
+        raise ValueError("samples are empty along axis: there is nothing to count")
+    if array.dtype.kind not in "biufUS":
+        raise ValueError(f"samples of dtype {array.dtype} cannot be counted along an axis")
+    batch = array.shape[:-1]
+    rows = int(np.prod(batch, dtype=np.int64))
+    if array.dtype.kind in "biu" and array.min() >= 0:
+        symbols = array.reshape(rows, -1).astype(np.int64, copy=False)
+        K = int(symbols.max()) + 1
+    else:
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            raise ValueError("samples contain NaN: drop missing values before counting")
+        _, inverse = np.unique(array.reshape(-1), return_inverse=True)
+        symbols = inverse.reshape(rows, -1).astype(np.int64)
+        K = int(symbols.max()) + 1
+    if alphabet_size is not None:
+        alphabet_size = check_positive_int(alphabet_size, "alphabet_size")
+        if alphabet_size < K:
+            raise ValueError(f"alphabet_size {alphabet_size} is smaller than the {K} symbols")
+        K = alphabet_size
+    offsets = (np.arange(rows, dtype=np.int64) * K)[:, None]
+    flat = np.bincount((symbols + offsets).reshape(-1), minlength=rows * K)
+    return flat.reshape(*batch, K).astype(np.int64, copy=False)

@@ -1,0 +1,86 @@
+"""Input checks for the estimators: one helper per kind of argument.
+
+Every message names the argument, the problem and, for arrays, the first offending index.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .._array import check_base
+
+__all__ = ["check_base", "check_level", "check_method", "count_array"]
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def count_array(values: Any, name: str = "counts") -> np.ndarray:
+    """``values`` as an int64 array of counts along the last axis, checked.
+
+    Counts are finite, non-negative whole numbers; there is at least one axis, the last
+    axis is not empty, and every row has at least one sample.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:  # ragged lists and the like
+        raise ValueError(f"{name} must be an array of counts: {error}") from None
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.floating)
+        or array.dtype == np.bool_
+    ):
+        raise ValueError(f"{name} must be an array of whole-number counts, got dtype {array.dtype}")
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have at least one axis (the symbols), got a scalar")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}): there is nothing to estimate")
+    if np.issubdtype(array.dtype, np.floating):
+        nan = np.isnan(array)
+        if nan.any():
+            raise ValueError(f"{name} contain NaN at index {_first(nan)}")
+        infinite = np.isinf(array)
+        if infinite.any():
+            raise ValueError(f"{name} contain an infinite value at index {_first(infinite)}")
+    negative = array < 0
+    if negative.any():
+        index = _first(negative)
+        raise ValueError(f"{name} contain a negative value {array[index]!r} at index {index}")
+    if np.issubdtype(array.dtype, np.floating):
+        fractional = array != np.floor(array)
+        if fractional.any():
+            index = _first(fractional)
+            raise ValueError(
+                f"{name} must be whole numbers: found {array[index]!r} at index {index}"
+            )
+        if array.max() > 2.0**53:
+            raise ValueError(f"{name} are too large to be exact counts (above 2**53)")
+    array = array.astype(np.int64, copy=False)
+    totals = array.sum(axis=-1)
+    empty = totals == 0
+    if np.any(empty):
+        where = f" in row {_first(np.atleast_1d(empty))}" if array.ndim > 1 else ""
+        raise ValueError(f"{name} sum to 0{where}: an estimate needs at least one sample")
+    return array
+
+
+def check_method(method: Any, allowed: tuple[str, ...], name: str = "method") -> str:
+    if not isinstance(method, str) or method not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {method!r}")
+    return method
+
+
+def check_level(level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level must be a number strictly between 0 and 1, got {level!r}")
+    return float(level)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
