@@ -1,5 +1,7 @@
-"""Shared helpers for the measures tests (a plain module, not a conftest, so that its
-name cannot clash with conftest.py files elsewhere in tests/): the per-dtype tolerance table and array makers.
+"""Shared helpers for the measures tests: the per-dtype tolerance table and array makers.
+
+A plain module rather than a conftest.py, so that its name cannot clash with conftest
+files elsewhere under tests/ and it sets no global hypothesis profile.
 
 The tolerance table is the one place that says how close a result must be to a float64
 reference computed (by scipy or torch, never by this library) from the *same* input
