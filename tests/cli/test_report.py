@@ -1,0 +1,351 @@
+"""End-to-end tests of ``crossentropy report`` (issue 4), run as a subprocess.
+
+References are independent of the implementation: sklearn's ``log_loss`` for the loss,
+scipy's bounded scalar minimiser for the temperature, direct NumPy for accuracy and ECE,
+and hand derivations (in the comments) for the group entropies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import log_loss
+
+KEYS = {"n", "num_classes", "cross_entropy", "entropy", "kl_divergence", "label_entropy",
+        "information_gain", "perplexity", "accuracy", "ece", "temperature",
+        "cross_entropy_calibrated", "base", "per_class"}
+NAMES = ["cat", "dog", "eel", "fox"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "crossentropy.cli", "report", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def report(path, *args, tmp_path):
+    out = tmp_path / f"{os.path.basename(path)}.json"
+    before = digest(path)
+    proc = run(path, *args, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert digest(path) == before, "the input file was written to"
+    return json.loads(out.read_text()), proc
+
+
+def ece_direct(conf, correct, bins=15):
+    """Guo et al. (2017): equal-width (lo, hi] bins, |accuracy - confidence| weighted."""
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return total
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(4)
+    n, k = 400, len(NAMES)
+    z = rng.normal(size=(n, k)) * 2.0
+    # The labels follow softmax(z / 2): the model softmax(z) is overconfident, T ~ 2.
+    y = np.array([rng.choice(k, p=q) for q in softmax(z / 2.0, axis=1)])
+    return z, softmax(z, axis=1), y
+
+
+def frame(p, y, names=NAMES):
+    df = pd.DataFrame(p, columns=names)
+    df.insert(0, "label", np.asarray(names)[y])
+    return df
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "npz"])
+def test_figures_match_independent_references(fmt, data, tmp_path):
+    _, p, y = data
+    path = tmp_path / f"preds.{fmt}"
+    if fmt == "csv":
+        frame(p, y).to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame(p, y).to_parquet(path)
+    else:
+        np.savez(path, label=np.asarray(NAMES)[y], probs=p, classes=np.asarray(NAMES))
+    r, proc = report(path, "--batch-size", 64, tmp_path=tmp_path)
+    assert set(r) >= KEYS
+    assert r["n"] == len(y) and r["num_classes"] == 4
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
+    # No --group: every input is unique, S(D) = 0 and the whole loss is reducible.
+    assert r["entropy"] == 0 and r["num_groups"] is None
+    assert r["kl_divergence"] == pytest.approx(r["cross_entropy"], rel=1e-12)
+    freq = np.bincount(y, minlength=4) / len(y)
+    assert r["label_entropy"] == pytest.approx(-(freq * np.log(freq)).sum(), rel=1e-12)
+    assert r["information_gain"] == pytest.approx(r["label_entropy"] - r["cross_entropy"])
+    assert r["perplexity"] == pytest.approx(math.exp(r["cross_entropy"]), rel=1e-12)
+    correct = p.argmax(1) == y
+    assert r["accuracy"] == pytest.approx(correct.mean(), abs=1e-15)
+    assert r["ece"] == pytest.approx(ece_direct(p.max(1), correct), rel=1e-9)
+    losses = -np.log(p[np.arange(len(y)), y])
+    for c, row in enumerate(r["per_class"]):
+        assert row["class"] == NAMES[c]
+        assert row["count"] == int((y == c).sum())
+        assert row["mean_loss"] == pytest.approx(losses[y == c].mean(), rel=1e-12)
+        assert row["share"] == pytest.approx(losses[y == c].sum() / losses.sum(), rel=1e-12)
+    assert sum(b["count"] for b in r["reliability"]) == len(y)
+    assert "cross-entropy H" in proc.stdout and "per class" in proc.stdout
+
+
+def test_temperature_matches_scipy_and_improves_the_loss(data, tmp_path):
+    z, p, y = data
+    path = tmp_path / "logits.npz"
+    np.savez(path, label=y, logits=z)
+    r, _ = report(path, tmp_path=tmp_path)
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
+    rows = np.arange(len(y))
+
+    def loss(log_t):
+        return -log_softmax(z / np.exp(log_t), axis=1)[rows, y].mean()
+
+    ref = minimize_scalar(loss, bounds=(-4, 4), method="bounded", options={"xatol": 1e-10})
+    assert r["temperature_exact"] and r["temperature_rows"] == len(y)
+    assert r["temperature"] == pytest.approx(math.exp(ref.x), rel=1e-5)
+    assert r["cross_entropy_calibrated"] == pytest.approx(ref.fun, rel=1e-9)
+    assert r["cross_entropy_calibrated"] < r["cross_entropy"]
+    assert 1.5 < r["temperature"] < 3.0  # the labels were drawn at T = 2
+    assert r["miscalibration"] == pytest.approx(
+        r["cross_entropy"] - r["cross_entropy_calibrated"], rel=1e-9)
+
+
+def test_calibrated_model_gets_no_worse(tmp_path):
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(300, 3))
+    y = np.array([rng.choice(3, p=q) for q in softmax(z, axis=1)])
+    path = tmp_path / "calibrated.csv"
+    frame(log_softmax(z, axis=1), y, ["a", "b", "c"]).to_csv(path, index=False)
+    r, _ = report(path, "--form", "log_probs", tmp_path=tmp_path)
+    assert r["form"] == "log_probs"
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, softmax(z, axis=1)), rel=1e-12)
+    assert r["cross_entropy_calibrated"] <= r["cross_entropy"]
+    assert 0.5 < r["temperature"] < 2.0
+
+
+def test_sampled_temperature_fit(monkeypatch, tmp_path, data, capsys):
+    from crossentropy.cli import _report_stats, main
+
+    z, p, y = data
+    path = tmp_path / "logits.npz"
+    np.savez(path, label=y, logits=z)
+    monkeypatch.setattr(_report_stats, "SAMPLE_VALUES", 4 * 100)
+    monkeypatch.setattr(_report_stats, "SAMPLE_MIN_ROWS", 10)
+    out = tmp_path / "r.json"
+    assert main(["report", str(path), "--json", str(out), "--batch-size", "37"]) == 0
+    r = json.loads(out.read_text())
+    assert not r["temperature_exact"] and r["temperature_rows"] == 100
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
+    assert r["cross_entropy_calibrated"] <= r["cross_entropy"]
+    assert 1.2 < r["temperature"] < 4.0
+
+
+def test_reservoir_is_uniform():
+    from crossentropy.cli._report_stats import Reservoir
+
+    n, cap, trials = 40, 8, 1500
+    hits = np.zeros(n)
+    for seed in range(trials):
+        res = Reservoir(cap, 1, np.float64, seed=seed)
+        for start in range(0, n, 7):
+            rows = np.arange(start, min(start + 7, n), dtype=np.float64)[:, None]
+            res.offer(rows, rows[:, 0].astype(np.int64))
+        values, _ = res.sample()
+        assert len(set(values[:, 0])) == cap
+        hits[values[:, 0].astype(int)] += 1
+    rate = hits / trials  # each row is kept with probability cap / n = 0.2
+    assert np.abs(rate - cap / n).max() < 0.05
+
+
+# Groups.  Rows of one group are repeats of one input; the labels seen for it give
+# P(D)(label | input) and S(D) = sum_g (n_g / n) S(labels of g):
+#   A: labels 0 0 1 1  -> S = ln 2                              (4 rows)
+#   B: labels 0 0 0 1  -> S = -(3/4 ln 3/4 + 1/4 ln 1/4) = 2 ln 2 - 3/4 ln 3   (4 rows)
+#   C: label  2        -> S = 0                                  (1 row)
+#   D: labels 1 2      -> S = ln 2                               (2 rows)
+# S(D) = (4 ln 2 + 4 (2 ln 2 - 3/4 ln 3) + 0 + 2 ln 2) / 11 = (14 ln 2 - 3 ln 3) / 11
+#      = 0.58256579 nats = (14 - 3 log2 3) / 11 = 0.84046477 bits.
+GROUP_ROWS = [("A", 0), ("B", 0), ("C", 2), ("A", 0), ("D", 1), ("B", 0), ("A", 1),
+              ("B", 0), ("D", 2), ("A", 1), ("B", 1)]
+EMPIRICAL = {"A": [0.5, 0.5, 0.0], "B": [0.75, 0.25, 0.0], "C": [0.0, 0.0, 1.0],
+             "D": [0.0, 0.5, 0.5]}
+S_NATS = (14 * math.log(2) - 3 * math.log(3)) / 11
+
+
+def test_group_entropy_by_hand(tmp_path):
+    assert pytest.approx(0.58256579, abs=1e-8) == S_NATS
+    # The model that predicts each input's empirical label distribution has KL = 0, so
+    # its loss is exactly S(D).
+    df = pd.DataFrame([EMPIRICAL[g] for g, _ in GROUP_ROWS], columns=["0", "1", "2"])
+    df.insert(0, "label", [y for _, y in GROUP_ROWS])
+    df.insert(1, "input", [g for g, _ in GROUP_ROWS])
+    path = tmp_path / "groups.parquet"
+    df.to_parquet(path)
+    r, _ = report(path, "--group", "input", "--batch-size", 3, tmp_path=tmp_path)
+    assert r["num_groups"] == 4
+    assert r["entropy"] == pytest.approx(S_NATS, rel=1e-12)
+    assert r["cross_entropy"] == pytest.approx(S_NATS, rel=1e-12)
+    assert r["kl_divergence"] == pytest.approx(0, abs=1e-12)
+    bits, _ = report(path, "--group", "input", "--base", 2, tmp_path=tmp_path)
+    assert bits["entropy"] == pytest.approx((14 - 3 * math.log2(3)) / 11, rel=1e-12)
+    assert bits["unit"] == "bits" and bits["base"] == 2
+    # A uniform model: H = ln 3 for every row, and KL = ln 3 - S(D).
+    uniform = df.assign(**{c: 1 / 3 for c in ["0", "1", "2"]})
+    path2 = tmp_path / "uniform.csv"
+    uniform.to_csv(path2, index=False)
+    r2, _ = report(path2, "--group", "input", tmp_path=tmp_path)
+    assert r2["entropy"] == pytest.approx(S_NATS, rel=1e-12)
+    assert r2["cross_entropy"] == pytest.approx(math.log(3), rel=1e-12)
+    assert r2["kl_divergence"] == pytest.approx(math.log(3) - S_NATS, rel=1e-12)
+    # Unique inputs: a group per row gives S(D) = 0.
+    unique = df.assign(input=np.arange(len(df)))
+    path3 = tmp_path / "unique.npz"
+    np.savez(path3, label=unique["label"].to_numpy(), probs=unique[["0", "1", "2"]].to_numpy(),
+             group=unique["input"].to_numpy())
+    r3, _ = report(path3, "--group", "group", tmp_path=tmp_path)
+    assert r3["entropy"] == 0 and r3["num_groups"] == len(df)
+
+
+def test_zero_probability_label_is_infinite_not_a_crash(tmp_path):
+    df = frame(np.array([[0.5, 0.5, 0, 0], [0.0, 1.0, 0, 0], [0.25, 0.25, 0.25, 0.25]]),
+               np.array([0, 0, 3]))
+    path = tmp_path / "zero.csv"
+    df.to_csv(path, index=False)
+    png = tmp_path / "zero.png"
+    r, proc = report(path, "--plot", png, tmp_path=tmp_path)
+    assert r["cross_entropy"] == math.inf and r["infinite_loss_rows"] == 1
+    assert r["cross_entropy_calibrated"] == math.inf
+    assert r["per_class"][0]["mean_loss"] == math.inf
+    assert "+inf" in proc.stdout
+    assert png.exists()
+
+
+def test_plot_is_a_valid_png_and_outputs_are_whole(data, tmp_path):
+    from PIL import Image
+
+    _, p, y = data
+    path = tmp_path / "preds.parquet"
+    frame(p, y).to_parquet(path)
+    png = tmp_path / "out.png"
+    report(path, "--plot", png, tmp_path=tmp_path)
+    with Image.open(png) as image:
+        image.verify()
+        assert image.format == "PNG"
+    assert sorted(os.listdir(tmp_path)) == ["out.png", "preds.parquet", "preds.parquet.json"]
+
+
+def test_streamed_batches_agree_with_one_batch(data, tmp_path):
+    _, p, y = data
+    path = tmp_path / "preds.csv"
+    frame(p, y).to_csv(path, index=False)
+    one, _ = report(path, tmp_path=tmp_path)
+    many, _ = report(path, "--batch-size", 1, tmp_path=tmp_path)
+    for key in KEYS - {"per_class"}:
+        assert many[key] == pytest.approx(one[key], rel=1e-12), key
+
+
+# -- bad input: one line on stderr, exit code 2, no traceback, no output written ----------
+
+def bad(tmp_path, path, *args, match):
+    out = tmp_path / "never.json"
+    before = digest(path) if os.path.isfile(path) else None
+    proc = run(path, *args, "--json", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crossentropy report: error: ")
+    assert match in lines[0], lines[0]
+    assert not out.exists()
+    if before is not None:
+        assert digest(path) == before
+    return lines[0]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = "label,a,b\na,0.25,0.75\nb,0.5,0.5\n"
+
+
+@pytest.mark.parametrize(("text", "args", "match"), [
+    ("y,a,b\na,0.25,0.75\n", (), "no label column 'label'"),
+    (GOOD, ("--label", "target"), "no label column 'target'"),
+    (GOOD, ("--group", "who"), "no group column 'who'"),
+    ("label,a,b\na,0.25,0.75\nb,0.5,0.5\nzebra,0.5,0.5\n", (),
+     "label 'zebra' in row 2 (line 4) is not among the 2 classes ('a', 'b')"),
+    ("label,a,b\na,0.25,0.75\nb,nan,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
+    ("label,a,b\na,0.25,0.75\nb,,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
+    ("label,a,b\na,0.25,0.75\nb,-0.1,1.1\n", (),
+     "negative or infinite probability -0.1 in row 1 (line 3), class 'a'"),
+    ("label,a,b\na,0.25,0.75\nb,0.5,0.5\na,0.6,0.6\n", ("--batch-size", "2"),
+     "the probabilities in row 2 (line 4) sum to 1.2, not 1"),
+    ("label,a,b\n", (), "has no rows"),
+    ("", (), "is empty"),
+    ("label,a,b\na,0.25,x\n", (), "cannot read"),
+    (GOOD, ("--form", "logits", "--base", "1"), "--base must be a positive number"),
+])
+def test_bad_csv(tmp_path, text, args, match):
+    bad(tmp_path, write(tmp_path, "in.csv", text), *args, match=match)
+
+
+def test_bad_logits_and_log_probs(tmp_path):
+    path = write(tmp_path, "z.csv", "label,a,b\na,1.5,inf\n")
+    bad(tmp_path, path, "--form", "logits", match="+inf logit in row 0 (line 2), class 'b'")
+    path = write(tmp_path, "lp.csv", "label,a,b\na,-0.1,-0.1\n")
+    bad(tmp_path, path, "--form", "log_probs", match="exp(log-probabilities) in row 0")
+
+
+def test_bad_files(tmp_path):
+    bad(tmp_path, tmp_path / "missing.csv", match="no such file")
+    bad(tmp_path, write(tmp_path, "notes.txt", "hello"), match="cannot tell the format")
+    bad(tmp_path, write(tmp_path, "junk.parquet", "not parquet at all"),
+        match="cannot read")
+    bad(tmp_path, write(tmp_path, "junk.npz", "not a zip"), match="as .npz")
+    path = tmp_path / "labels_only.npz"
+    np.savez(path, label=np.array([0, 1]))
+    bad(tmp_path, path, match="exactly one of the arrays probs, logits, log_probs")
+    path = tmp_path / "out_of_range.npz"
+    np.savez(path, label=np.array([0, 2]), probs=np.array([[0.5, 0.5], [0.5, 0.5]]))
+    bad(tmp_path, path, match="label '2' in row 1 is not among the 2 classes")
+
+
+def test_outputs_never_overwrite_the_input(tmp_path):
+    path = write(tmp_path, "in.csv", GOOD)
+    for flag in ("--json", "--plot"):
+        proc = run(path, flag, path)
+        assert proc.returncode == 2 and "is the input file" in proc.stderr
+        assert path.read_text() == GOOD
+    proc = run(path, "--json", tmp_path / "same", "--plot", tmp_path / "same")
+    assert proc.returncode == 2 and "name the same file" in proc.stderr
+
+
+def test_failed_run_keeps_an_existing_output(tmp_path):
+    path = write(tmp_path, "in.csv", "label,a,b\nzebra,0.5,0.5\n")
+    out = tmp_path / "old.json"
+    out.write_text("old")
+    proc = run(path, "--json", out)
+    assert proc.returncode == 2
+    assert out.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["in.csv", "old.json"]
