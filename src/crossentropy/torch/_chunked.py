@@ -107,19 +107,30 @@ def _run(
     if dw is not None and compute != dtype:
         block = torch.empty(min(_VOCAB_BLOCK, vocab), dim, dtype=dtype, device=device)
     wt = weight.t()
+    # One set of (chunk, V) buffers, reused by every chunk: the loss's whole working set.
+    rows = min(opts.chunk_size, num_tokens)
+    zbuf = torch.empty(rows, vocab, dtype=compute, device=device)
+    hbuf = torch.empty(rows, vocab, dtype=dtype, device=device) if compute != dtype else None
+    tbuf = torch.empty_like(zbuf) if grads and cap is not None else None
 
     for start in range(0, num_tokens, opts.chunk_size):
         stop = min(start + opts.chunk_size, num_tokens)
+        n = stop - start
         h = hidden[start:stop]
         y = target[start:stop]
-        z = torch.mm(h, wt) if bias is None else torch.addmm(bias, h, wt)
-        if z.dtype != compute:
-            z = z.to(compute)
+        z = zbuf[:n]
+        raw = z if hbuf is None else hbuf[:n]
+        if bias is None:
+            torch.mm(h, wt, out=raw)
+        else:
+            torch.addmm(bias, h, wt, out=raw)
+        if hbuf is not None:
+            z.copy_(raw)
         tanh = None
         if cap is not None:
             z.div_(cap).tanh_()
-            if grads:
-                tanh = z.clone()
+            if tbuf is not None:
+                tanh = tbuf[:n].copy_(z)
             z.mul_(cap)
 
         counted = y != opts.ignore_index
@@ -151,11 +162,9 @@ def _run(
             z.sub_((eps / vocab * s).unsqueeze(1))
         if tanh is not None:
             z.mul_(tanh.square_().neg_().add_(1.0))
-            del tanh
         if db is not None:
             db += z.sum(0)
-        g = z if compute == dtype else z.to(dtype)
-        del z
+        g = z if hbuf is None else hbuf[:n].copy_(z)
         if dh is not None:
             torch.mm(g, weight, out=dh[start:stop])
         if dw is None:

@@ -1,0 +1,176 @@
+"""Fused linear + cross-entropy: crossentropy vs PyTorch's chunked and unfused losses.
+
+Usage::
+
+    python benchmarks/bench_linear_cross_entropy.py            # the issue's full table
+    python benchmarks/bench_linear_cross_entropy.py --shapes 2048,512,32768 --dtypes float32
+
+Three implementations of the same loss, forward + backward (gradients for the hidden
+states and the weight), side by side in one run:
+
+* ``crossentropy``: ``crossentropy.torch.linear_cross_entropy(x, W, y)``
+* ``torch-chunked``: ``F.linear_cross_entropy(x, W, y, options=LinearCrossEntropyOptions())``
+* ``unfused``: ``F.cross_entropy(x @ W.T, y)``
+
+Method.  Every (shape, dtype, implementation) runs in a fresh Python process, so neither
+allocator caches nor a previous peak leak between them.  In that process the inputs are
+made, then each run: the gradients are cleared, the kernel's peak resident set
+(``VmHWM``) is reset through ``/proc/self/clear_refs``, the resident set (``VmRSS``) is
+read as the baseline, the loss runs forward and backward, and ``VmHWM`` is read again.
+``growth`` is peak minus baseline: everything the step allocated, the returned gradient
+buffers included; ``extra`` is growth less those gradient buffers (``x.grad`` and
+``W.grad``), the memory the loss itself needs.  glibc is told to serve every allocation
+of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the
+resident set at once and the baseline is honest; tracemalloc cannot see torch's
+allocations.  The time is the median over the runs (the first run, a warm-up, is dropped
+when there are more than two).  The FLOP rate is ``6 N D V`` (three matrix products, the
+minimum) over that time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = [(2048, 512, 32768), (4096, 1024, 128256), (8192, 2048, 32768)]
+DTYPES = ["float32", "bfloat16"]
+IMPLS = ["crossentropy", "torch-chunked", "unfused"]
+MiB = 2**20
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(n, d, generator=gen) / d**0.5).to(dtype).requires_grad_()
+    w = torch.randn(v, d, generator=gen).to(dtype).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=gen)
+
+    if impl == "crossentropy":
+        from crossentropy.torch import linear_cross_entropy
+
+        def step():
+            return linear_cross_entropy(x, w, y)
+    elif impl == "torch-chunked":
+        options = torch.nn.LinearCrossEntropyOptions()
+
+        def step():
+            return F.linear_cross_entropy(x, w, y, options=options)
+    else:
+
+        def step():
+            return F.cross_entropy(x @ w.T, y)
+
+    times, growths, extras = [], [], []
+    loss = None
+    for _ in range(runs):
+        x.grad = w.grad = None
+        loss = None
+        _reset_peak()
+        base = _status("VmRSS")
+        start = time.perf_counter()
+        loss = step()
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        peak = _status("VmHWM")
+        grads = sum(t.grad.numel() * t.grad.element_size() for t in (x, w))
+        growths.append(peak - base)
+        extras.append(peak - base - grads)
+    timed = times[1:] if runs > 2 else times
+    return {
+        "impl": impl,
+        "shape": [n, d, v],
+        "dtype": dtype_name,
+        "runs": runs,
+        "time_s": statistics.median(timed),
+        "times_s": times,
+        "growth_bytes": max(growths),
+        "extra_bytes": max(extras),
+        "loss": float(loss),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_isolated(impl: str, shape: tuple[int, int, int], dtype: str, runs: int) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--worker", impl, *map(str, shape), dtype, str(runs)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| N, D, V | dtype | impl | runs | time (s) | x unfused | x torch-chunked "
+        "| GFLOP/s | growth (MiB) | extra (MiB) | extra / unfused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(tuple(r["shape"]), r["dtype"], r["impl"]): r for r in results}
+    for r in results:
+        key = (tuple(r["shape"]), r["dtype"])
+        unf, chk = by.get((*key, "unfused")), by.get((*key, "torch-chunked"))
+        n, d, v = r["shape"]
+        flops = 6 * n * d * v / r["time_s"] / 1e9
+        ratio = f"{r['time_s'] / unf['time_s']:.2f}" if unf else "-"
+        ratio_c = f"{r['time_s'] / chk['time_s']:.2f}" if chk else "-"
+        mem = f"{r['extra_bytes'] / unf['extra_bytes']:.1%}" if unf else "-"
+        rows.append(
+            f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} | {r['time_s']:.2f} "
+            f"| {ratio} | {ratio_c} | {flops:.0f} | {r['growth_bytes'] / MiB:.0f} "
+            f"| {r['extra_bytes'] / MiB:.0f} | {mem} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES])
+    parser.add_argument("--dtypes", nargs="*", default=DTYPES)
+    parser.add_argument("--impls", nargs="*", default=IMPLS)
+    parser.add_argument(
+        "--runs", type=int, default=0,
+        help="runs per case (default: 5, or 3 when 6NDV exceeds 1 TFLOP)",
+    )
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    results = []
+    for text in args.shapes:
+        shape = tuple(int(s) for s in text.split(","))
+        n, d, v = shape
+        runs = args.runs or (3 if 6 * n * d * v > 1e12 else 5)
+        for dtype in args.dtypes:
+            for impl in args.impls:
+                result = run_isolated(impl, shape, dtype, runs)
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, n, d, v, dtype, runs = sys.argv[2:8]
+        print(json.dumps(worker(impl, int(n), int(d), int(v), dtype, int(runs))))
+    else:
+        main()
