@@ -12,6 +12,7 @@ import importlib
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,4 +132,4 @@ def digits(seed: int = 0, temperature: float = 2.0) -> DataSet:
     )
 
 
-DATASETS = {"text": text, "digits": digits}
+DATASETS: dict[str, Callable[[], DataSet]] = {"text": text, "digits": digits}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from .._forms import Labels, Logits, LogProbs
 
 _FORMS = {"probs": None, "logits": Logits, "log-probs": LogProbs}
 
-_COMMANDS = {
+_COMMANDS: dict[str, tuple[str, Callable[..., Any]]] = {
     "entropy": ("S(p) = -sum p log p, the entropy of p", _measures.entropy),
     "cross-entropy": ("H(p,q) = -sum p log q, the cross-entropy", _measures.cross_entropy),
     "kl": ("D(p||q) = sum p log(p/q), the KL divergence of q from p", _measures.kl_divergence),
