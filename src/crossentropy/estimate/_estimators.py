@@ -80,7 +80,8 @@ def chao_shen(c: np.ndarray) -> np.ndarray:
     coverage = 1 - singletons / N
     pa = (coverage / N)[..., None] * c
     # 1 - (1 - pa)^N, the chance a symbol is seen at all (Horvitz-Thompson weight).
-    seen = -np.expm1(N[..., None] * np.log1p(-pa))
+    with np.errstate(divide="ignore"):  # pa = 1: a single symbol, seen for certain
+        seen = -np.expm1(N[..., None] * np.log1p(-pa))
     terms = np.divide(xlogy(pa, pa), seen, out=np.zeros_like(pa), where=c > 0)
     return -terms.sum(axis=-1)
 
