@@ -7,11 +7,11 @@ uniform on [0, ln K]. The estimate is the posterior mean of the entropy,
     E[S | n] = int dxi rho(xi | n) E[S | n, beta(xi)] / int dxi rho(xi | n),
     rho = Gamma(K beta) / Gamma(N + K beta) prod_i Gamma(n_i + beta) / Gamma(beta),
 
-a one-dimensional integral, done here in u = log(K beta) for every row at once: Gauss-
-Legendre nodes on an interval that is narrowed pass by pass to where the integrand is
-within e**-36 of its peak, then the trapezoid rule on a uniform grid there. Sums over the K cells are sums over the distinct count values
-weighted by how many cells hold each (zero cells included), so a row costs
-O(distinct counts) per node, not O(K).
+a one-dimensional integral, done here in u = log(K beta) for every row at once: coarse
+Gauss-Legendre nodes narrow the interval pass by pass to where the integrand is within
+e**-36 of its peak, then the trapezoid rule on a uniform grid there integrates it. Sums
+over the K cells are sums over the distinct count values weighted by how many cells hold
+each (zero cells included), so a row costs O(distinct counts) per node, not O(K).
 """
 
 from __future__ import annotations
