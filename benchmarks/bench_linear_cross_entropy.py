@@ -147,7 +147,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=DTYPES)
     parser.add_argument("--impls", nargs="*", default=IMPLS)
     parser.add_argument(
-        "--runs", type=int, default=0,
+        "--runs",
+        type=int,
+        default=0,
         help="runs per case (default: 5, or 3 when 6NDV exceeds 1 TFLOP)",
     )
     parser.add_argument("--json", help="also write the raw results here")

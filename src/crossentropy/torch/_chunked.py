@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["CHUNK_BUDGET_BYTES", "Options", "apply", "default_chunk_size"]
 
@@ -216,30 +215,42 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        opts = ctx.opts
-        if ctx.grads is not None:
-            # First backward of mean/sum: hand over the gradients computed in forward,
-            # scaled in place, and drop our reference so autograd can adopt them uncopied.
-            grads, ctx.grads = ctx.grads, None
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients computed in forward have no graph of their
+            # own, so a second derivative would silently be zero.  Refuse instead.
+            raise RuntimeError(
+                "linear_cross_entropy does not support double backward (create_graph=True); "
+                "use crossentropy.torch.cross_entropy on the logits for higher derivatives"
+            )
+        return _backward(ctx, grad)
+
+
+def _backward(ctx, grad):
+    opts = ctx.opts
+    if ctx.grads is not None:
+        # First backward of mean/sum: hand over the gradients computed in forward, scaled
+        # in place, and drop our reference so that autograd adopts them without a copy.
+        grads, ctx.grads = ctx.grads, None
+    else:
+        # reduction='none', or a second backward (retain_graph): recompute, with the same
+        # per-token scale as the forward pass so that the result is bit for bit the same.
+        hidden, weight, bias, target = ctx.saved_tensors
+        compute = _compute_dtype(hidden.dtype)
+        if opts.reduction == "none":
+            counted = target != opts.ignore_index
+            scale = torch.where(counted, grad.to(compute), 0.0)
+            grad = None
         else:
-            hidden, weight, bias, target = ctx.saved_tensors
-            compute = _compute_dtype(hidden.dtype)
-            if opts.reduction == "none":
-                counted = target != opts.ignore_index
-                scale = torch.where(counted, grad.to(compute), 0.0)
-                grad = None
-            else:
-                scale, _ = _scale(target, opts, compute)
-            _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
-            grads = _finish(dh, dw, db, weight, bias)
-        if grad is not None:
-            for g in grads:
-                if g is not None:
-                    g.mul_(grad)
-        dh, dw, db = grads
-        return dh, dw, db, None, None
+            scale, _ = _scale(target, opts, compute)
+        _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
+        grads = _finish(dh, dw, db, weight, bias)
+    if grad is not None:
+        for g in grads:
+            if g is not None:
+                g.mul_(grad)
+    dh, dw, db = grads
+    return dh, dw, db, None, None
 
 
 def _finish(dh, dw, db, weight, bias):

@@ -291,9 +291,7 @@ def linear_cross_entropy(
             f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
         )
     if weight.dtype != hidden.dtype:
-        raise TypeError(
-            f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}"
-        )
+        raise TypeError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
     vocab, dim = weight.shape
     if vocab == 0:
         raise ValueError("weight must have at least one row (class)")
