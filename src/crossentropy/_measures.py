@@ -53,18 +53,27 @@ class _Distribution:
     """One argument, ready to compute with: event axis last, compute dtype.
 
     ``prob`` and ``logprob`` are derived on first use; ``logprob`` is ``-inf`` exactly
-    where ``prob`` is 0.  For labels, ``values`` is the boolean one-hot array.
+    where ``prob`` is 0.  For labels, ``values`` holds the class indices (the batch shape)
+    and ``num_classes`` the length of the event axis.
     """
 
-    def __init__(self, xp: Any, form: str, values: Any, dtype: Any) -> None:
+    def __init__(self, xp: Any, form: str, values: Any, dtype: Any,
+                 num_classes: int = 0) -> None:
         self.xp, self.form, self.values, self.dtype = xp, form, values, dtype
+        self.num_classes = num_classes
+
+    @cached_property
+    def one_hot(self) -> Any:
+        xp = self.xp
+        classes = xp.arange(self.num_classes, device=array_api_compat.device(self.values))
+        return xp.expand_dims(self.values, axis=-1) == classes
 
     @cached_property
     def prob(self) -> Any:
         if self.form == "probabilities":
             return self.values
         if self.form == "labels":
-            return self.xp.astype(self.values, self.dtype)
+            return self.xp.astype(self.one_hot, self.dtype)
         return self.xp.exp(self.logprob)
 
     @cached_property
@@ -75,7 +84,7 @@ class _Distribution:
         if self.form == "logits":
             return _log_softmax(xp, self.values)
         if self.form == "labels":
-            return xp.where(self.values, 0.0, -math.inf)
+            return xp.where(self.one_hot, 0.0, -math.inf)
         return self.values
 
 
@@ -143,9 +152,22 @@ def _log_ratio(p: _Distribution, q: _Distribution) -> Any:
     return p.logprob - q.logprob
 
 
+def _log_q_at_labels(p: _Distribution, q: _Distribution) -> Any:
+    """``log q[y]`` for labels ``y``: a gather instead of a sum over one-hot rows."""
+    xp = q.xp
+    logq = q.logprob
+    batch = np.broadcast_shapes(tuple(p.values.shape), tuple(logq.shape[:-1]))
+    y = xp.broadcast_to(p.values, batch)
+    logq = xp.broadcast_to(logq, (*batch, logq.shape[-1]))
+    return xp.take_along_axis(logq, xp.expand_dims(y, axis=-1), axis=-1)[..., 0]
+
+
 def _kl_rows(p: _Distribution, q: _Distribution) -> Any:
     xp = p.xp
-    kl = _weighted_sum(xp, p.prob, _log_ratio(p, q))
+    if p.form == "labels":  # a point mass has entropy 0: D(p || q) = H(p, q) = -log q[y]
+        kl = 0.0 - _log_q_at_labels(p, q)
+    else:
+        kl = _weighted_sum(xp, p.prob, _log_ratio(p, q))
     if _is_numpy(xp) and p.form == q.form == "probabilities":
         # p / q can overflow where q is subnormal; such rows are redone from the logs.
         kl = np.asarray(kl)
@@ -165,6 +187,8 @@ def _entropy_rows(p: _Distribution) -> Any:
 
 
 def _cross_entropy_rows(p: _Distribution, q: _Distribution) -> Any:
+    if p.form == "labels":
+        return 0.0 - _log_q_at_labels(p, q)
     return 0.0 - _weighted_sum(p.xp, p.prob, q.logprob)
 
 
@@ -263,12 +287,9 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
     dtype = compute_dtype(xp, *floats) if floats else xp.float64
     dists = []
     for name, x in arrays.items():
-        if forms[name] == "labels":
-            classes = xp.arange(num_classes, device=array_api_compat.device(x))
-            values = xp.expand_dims(x, axis=-1) == classes
-        else:
-            values = xp.astype(xp.moveaxis(x, own_axis[name], -1), dtype, copy=False)
-        dists.append(_Distribution(xp, forms[name], values, dtype))
+        if forms[name] != "labels":
+            x = xp.astype(xp.moveaxis(x, own_axis[name], -1), dtype, copy=False)
+        dists.append(_Distribution(xp, forms[name], x, dtype, num_classes))
     return _Prepared(xp, tuple(dists), axis_index, dtype)
 
 
