@@ -133,12 +133,17 @@ def fit_temperature(values: np.ndarray, labels: np.ndarray, form: str) -> Temper
     zy = z[rows, labels].astype(np.float64)
     mean_zy = float(zy.mean())
 
+    zz = z * z
+    e = np.empty_like(z)
+    # Newton converges quadratically: stop once a step moves beta by less than this.
+    tol = 0.01 * math.sqrt(float(np.finfo(z.dtype).eps))
+
     def evaluate(beta: float) -> tuple[float, float, float]:
-        e = np.exp(z * z.dtype.type(beta))
-        s = e.sum(axis=1, dtype=np.float64)
-        ez = e * z
-        m1 = ez.sum(axis=1, dtype=np.float64) / s
-        m2 = np.einsum("ij,ij->i", ez, z, dtype=np.float64) / s
+        np.multiply(z, z.dtype.type(beta), out=e)
+        np.exp(e, out=e)
+        s = e.sum(axis=1).astype(np.float64)
+        m1 = np.einsum("ij,ij->i", e, z).astype(np.float64) / s
+        m2 = np.einsum("ij,ij->i", e, zz).astype(np.float64) / s
         loss = float(np.log(s).mean()) - beta * mean_zy
         grad = float(m1.mean()) - mean_zy
         hess = float(np.maximum(m2 - m1 * m1, 0.0).mean())
@@ -149,26 +154,23 @@ def fit_temperature(values: np.ndarray, labels: np.ndarray, form: str) -> Temper
     loss1, grad, hess = evaluate(beta)
     best = (loss1, beta)
     iterations = 1
-    for _ in range(100):
+    while iterations < 60:
         if grad > 0:
             hi = beta
         else:
             lo = beta
-        if grad == 0 or hi / lo < 1 + 1e-12:
+        if grad == 0 or hi / lo < 1 + tol:
             break
-        step = grad / hess if hess > 0 else math.inf
-        new = beta - step
+        new = beta - grad / hess if hess > 0 else math.nan
         if not (lo < new < hi):
-            new = math.sqrt(lo * hi)
-        if abs(new - beta) <= 1e-12 * beta:
+            new = math.sqrt(lo * hi)  # bisection in log beta
+        if abs(new - beta) <= tol * beta:
             break
         beta = new
         loss, grad, hess = evaluate(beta)
         iterations += 1
         if loss < best[0]:
             best = (loss, beta)
-        if abs(step) <= 1e-10 * beta:
-            break
     loss_after, beta = best
     return TemperatureFit(1.0 / beta, loss1, loss_after, m, iterations)
 
