@@ -207,8 +207,9 @@ def kl_divergence(
     -------
     Estimate
         ``value``, ``method`` (the entropy estimator used), ``std_error`` (bootstrap),
-        ``low``, ``high`` (basic bootstrap interval of the difference, resampling the
-        samples so that the two terms' correlation is kept), ``level``.
+        ``low``, ``high`` (the normal bootstrap interval :math:`\hat D \pm z s^*`, as in
+        :func:`entropy_interval`; resampling the samples keeps the two terms'
+        correlation), ``level``.
 
     Examples
     --------
@@ -236,8 +237,8 @@ def kl_divergence(
     held, _ = _held_out(c, log_q)
     entropy_value, _ = estimate_rows(c, names)
     value = held - entropy_value
-    alpha = 1 - level
-    low, high, spread = (np.empty_like(value) for _ in range(3))
+    z = float(ndtri((1 + level) / 2))
+    spread = np.empty_like(value)
     step = max(1, (1 << 22) // (n_boot * K))
     for start in range(0, c.shape[0], step):
         rows = slice(start, start + step)
@@ -252,13 +253,11 @@ def kl_divergence(
             estimator = (lambda x: nsb(x)[0]) if name == "nsb" else ESTIMATORS[str(name)]
             boot_entropy[pick] = estimator(flat[pick])
         replicas = (boot_held - boot_entropy).reshape(n_rows, n_boot)
-        finite = np.isfinite(replicas).all(axis=1)
-        q_low, q_high = np.quantile(
-            np.where(finite[:, None], replicas, 0.0), [alpha / 2, 1 - alpha / 2], axis=1
-        )
-        spread[rows] = np.where(finite, replicas.std(axis=1, ddof=min(1, n_boot - 1)), np.inf)
-        low[rows] = np.where(finite, 2 * value[rows] - q_high, value[rows])
-        high[rows] = np.where(finite, 2 * value[rows] - q_low, np.inf)
+        with np.errstate(invalid="ignore"):
+            spread[rows] = replicas.std(axis=1, ddof=min(1, n_boot - 1))
+        spread[rows] = np.where(np.isfinite(value[rows]), spread[rows], np.inf)
+    low = value - z * spread
+    high = value + z * spread
     scale = 1.0 if log_base is None else 1.0 / log_base
     return Estimate(
         value=_shape(value * scale, batch),

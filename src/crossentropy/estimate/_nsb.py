@@ -179,6 +179,8 @@ def nsb(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``c`` is an int64 array of shape (rows, K); K, the alphabet size, is its width.
     """
     n_rows, K = c.shape
+    if K == 1:  # one possible symbol: the entropy is 0, and the prior is a point
+        return np.zeros(n_rows), np.zeros(n_rows)
     values, hist = _histogram(c)
     mean = np.empty(n_rows)
     std = np.empty(n_rows)

@@ -49,13 +49,15 @@ def count_array(values: Any, name: str = "counts") -> np.ndarray:
     negative = array < 0
     if negative.any():
         index = _first(negative)
-        raise ValueError(f"{name} contain a negative value {array[index]!r} at index {index}")
+        raise ValueError(
+            f"{name} contain a negative value {array[index].item()!r} at index {index}"
+        )
     if np.issubdtype(array.dtype, np.floating):
         fractional = array != np.floor(array)
         if fractional.any():
             index = _first(fractional)
             raise ValueError(
-                f"{name} must be whole numbers: found {array[index]!r} at index {index}"
+                f"{name} must be whole numbers: found {array[index].item()!r} at index {index}"
             )
         if array.max() > 2.0**53:
             raise ValueError(f"{name} are too large to be exact counts (above 2**53)")

@@ -1,0 +1,112 @@
+"""Bad input raises ValueError (or TypeError) naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossentropy import Labels
+from crossentropy.estimate import (
+    Counts,
+    conditional_entropy,
+    cross_entropy,
+    entropy,
+    entropy_interval,
+    kl_divergence,
+    mutual_information,
+)
+
+BAD_COUNTS = [
+    (np.array([3, -1, 2]), r"counts contain a negative value -1 at index \(1,\)"),
+    (np.array([3.0, 1.5]), r"counts must be whole numbers: found 1.5 at index \(1,\)"),
+    (np.array([3.0, np.nan]), r"counts contain NaN at index \(1,\)"),
+    (np.array([3.0, np.inf]), r"counts contain an infinite value at index \(1,\)"),
+    (np.array([], dtype=int), r"counts is empty \(shape \(0,\)\)"),
+    (np.zeros((2, 0), dtype=int), r"counts is empty \(shape \(2, 0\)\)"),
+    (np.array([0, 0, 0]), "counts sum to 0: an estimate needs at least one sample"),
+    (np.array([[1, 2], [0, 0]]), r"counts sum to 0 in row \(1,\)"),
+    (np.int64(4), "counts must have at least one axis"),
+    (np.array(["a", "b"]), "counts must be an array of whole-number counts, got dtype <U1"),
+    ([[1, 2], [3]], "counts must be an array of counts"),
+    (Counts(), "counts is empty: no samples have been counted"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_COUNTS)
+@pytest.mark.parametrize("function", [entropy, entropy_interval])
+def test_bad_counts(function, bad, message):
+    with pytest.raises(ValueError, match=message):
+        function(bad, method="plugin")
+
+
+@pytest.mark.parametrize("function", [entropy, entropy_interval])
+def test_unknown_method(function):
+    with pytest.raises(ValueError, match=r"method must be one of 'auto', 'plugin'.*got 'mle'"):
+        function([1, 2], method="mle")
+
+
+def test_other_arguments():
+    with pytest.raises(ValueError, match="level must be a number strictly between 0 and 1"):
+        entropy_interval([1, 2], level=1.0)
+    with pytest.raises(ValueError, match="n_boot must be a positive integer, got 0"):
+        entropy_interval([1, 2], n_boot=0)
+    with pytest.raises(ValueError, match="seed must be None, an integer or a numpy Generator"):
+        entropy_interval([1, 2], method="plugin", seed="x")
+    with pytest.raises(ValueError, match="base must be a finite positive number other than 1"):
+        entropy([1, 2], base=1)
+    with pytest.raises(TypeError, match="base must be a positive real number or None"):
+        entropy([1, 2], base="e")
+
+
+def test_cross_entropy_and_kl_arguments():
+    q = np.array([0.5, 0.5])
+    with pytest.raises(ValueError, match="samples_or_counts has 3 classes .* but q has 2"):
+        cross_entropy(np.array([1, 2, 3]), q)
+    with pytest.raises(ValueError, match="samples_or_counts contain a negative value"):
+        cross_entropy(np.array([1, -2]), q)
+    with pytest.raises(ValueError, match=r"samples_or_counts \(labels\) must lie in \[0, 2\)"):
+        cross_entropy(Labels(np.array([0, 2])), q)
+    with pytest.raises(ValueError, match="samples_or_counts is empty: there are no samples"):
+        cross_entropy(Labels(np.array([], dtype=int)), q)
+    with pytest.raises(TypeError, match="samples_or_counts labels must be integers"):
+        cross_entropy(Labels(np.array([0.0, 1.0])), q)
+    with pytest.raises(ValueError, match="samples_or_counts counts symbol 'a', which is not"):
+        cross_entropy(Counts(["a"]), q)
+    with pytest.raises(ValueError, match="samples_or_counts is empty: no samples"):
+        cross_entropy(Counts(), q)
+    with pytest.raises(ValueError, match="q does not sum to 1"):
+        cross_entropy(np.array([1, 2]), np.array([0.5, 0.6]))
+    with pytest.raises(ValueError, match=r"q \(probabilities\) contain NaN"):
+        cross_entropy(np.array([1, 2]), np.array([0.5, np.nan]))
+    with pytest.raises(TypeError, match=r"q \(probabilities\) must be a floating-point array"):
+        cross_entropy(np.array([1, 2]), np.array([1, 0]))
+    with pytest.raises(TypeError, match="q cannot be Labels"):
+        cross_entropy(np.array([1, 2]), Labels(np.array([0])))
+    with pytest.raises(ValueError, match="q must have a non-empty class axis"):
+        cross_entropy(np.array([1, 2]), np.array(1.0))
+    with pytest.raises(ValueError, match="method must be one of"):
+        kl_divergence(np.array([1, 2]), q, method="nope")
+    with pytest.raises(ValueError, match="level must be a number strictly between"):
+        cross_entropy(np.array([1, 2]), q, level=0)
+
+
+@pytest.mark.parametrize("function", [conditional_entropy, mutual_information])
+def test_paired_sample_arguments(function):
+    with pytest.raises(
+        ValueError, match="x and y must be paired samples of the same length: got 3 and 2"
+    ):
+        function([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="x is empty"):
+        function([], [])
+    with pytest.raises(ValueError, match="y is empty"):
+        function([1], np.array([]))
+    with pytest.raises(ValueError, match="y contain NaN"):
+        function([1, 2], np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="x must be a sequence of samples, got a single string"):
+        function("ab", [1, 2])
+    with pytest.raises(ValueError, match="x must be one-dimensional"):
+        function(np.zeros((2, 2)), [1, 2])
+    with pytest.raises(ValueError, match="y must be a sequence of hashable samples"):
+        function([1, 2], [[1], [2]])
+    with pytest.raises(ValueError, match="method must be one of"):
+        function([1, 2], [1, 2], method="bogus")
