@@ -124,7 +124,9 @@ def test_mutual_information_bias_correction():
     y = rng.integers(0, 6, size=(50, 200))
 
     def mean_mi(method):
-        return np.mean([mutual_information(a, b, method=method).value for a, b in zip(x, y)])
+        return np.mean(
+            [mutual_information(a, b, method=method).value for a, b in zip(x, y, strict=True)]
+        )
 
     plug = mean_mi("plugin")
     assert plug == pytest.approx(0.05, abs=0.01)

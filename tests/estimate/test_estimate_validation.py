@@ -60,7 +60,7 @@ def test_other_arguments():
 
 def test_cross_entropy_and_kl_arguments():
     q = np.array([0.5, 0.5])
-    with pytest.raises(ValueError, match="samples_or_counts has 3 classes .* but q has 2"):
+    with pytest.raises(ValueError, match=r"samples_or_counts has 3 classes .* but q has 2"):
         cross_entropy(np.array([1, 2, 3]), q)
     with pytest.raises(ValueError, match="samples_or_counts contain a negative value"):
         cross_entropy(np.array([1, -2]), q)

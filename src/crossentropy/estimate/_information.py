@@ -152,13 +152,15 @@ def cross_entropy(
     c = _class_counts(samples_or_counts, log_q.shape[-1])
     mean, se = _held_out(c, log_q)
     z = float(ndtri((1 + level) / 2))
+    finite = np.isfinite(mean)
+    low = np.where(finite, np.maximum(mean - z * np.where(finite, se, 0.0), 0.0), mean)
     scale = 1.0 if log_base is None else 1.0 / log_base
     batch = mean.shape
     return Estimate(
         value=_shape(mean * scale, batch),
         method="held_out",
         std_error=_shape(se * scale, batch),
-        low=_shape(np.maximum(mean - z * se, 0.0) * scale, batch),
+        low=_shape(low * scale, batch),
         high=_shape((mean + z * se) * scale, batch),
         level=level,
     )
