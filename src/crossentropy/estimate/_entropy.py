@@ -323,7 +323,7 @@ def entropy_interval(
             replicas = estimator(draws.reshape(-1, K)).reshape(chunk.size, n_boot)
             spread[chunk] = replicas.std(axis=1, ddof=1) if n_boot > 1 else 0.0
             low[chunk] = np.maximum(value[chunk] - z * spread[chunk], 0.0)
-            high[chunk] = value[chunk] + z * spread[chunk]
+            high[chunk] = np.maximum(value[chunk] + z * spread[chunk], low[chunk])
     scale = 1.0 if log_base is None else 1.0 / log_base
     return Estimate(
         value=_shape(value * scale, batch),

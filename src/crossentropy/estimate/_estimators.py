@@ -36,7 +36,8 @@ def _totals(c: np.ndarray) -> np.ndarray:
 
 def plugin(c: np.ndarray) -> np.ndarray:
     N = _totals(c)
-    return np.log(N) - _per_count(_nlogn, c).sum(axis=-1) / N
+    # Rounding can leave log N - N log N / N a hair below 0 for a single symbol.
+    return np.maximum(np.log(N) - _per_count(_nlogn, c).sum(axis=-1) / N, 0.0)
 
 
 def miller_madow(c: np.ndarray) -> np.ndarray:
