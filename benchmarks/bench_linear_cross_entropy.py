@@ -22,8 +22,9 @@ buffers included; ``extra`` is growth less those gradient buffers (``x.grad`` an
 ``W.grad``), the memory the loss itself needs.  glibc is told to serve every allocation
 of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the
 resident set at once and the baseline is honest; tracemalloc cannot see torch's
-allocations.  The time is the median over the runs (the first run, a warm-up, is dropped
-when there are more than two).  The FLOP rate is ``6 N D V`` (three matrix products, the
+allocations.  The time is the median and the memory the maximum over the runs; the first
+run, a warm-up that also pays the libraries' one-time allocations, is dropped when there
+are more than two.  The FLOP rate is ``6 N D V`` (three matrix products, the
 minimum) over that time.
 """
 
@@ -56,7 +57,7 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int) -> dict:
+def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int, chunk: int) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -70,7 +71,7 @@ def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int) -> dic
         from crossentropy.torch import linear_cross_entropy
 
         def step():
-            return linear_cross_entropy(x, w, y)
+            return linear_cross_entropy(x, w, y, chunk_size=chunk or None)
     elif impl == "torch-chunked":
         options = torch.nn.LinearCrossEntropyOptions()
 
@@ -96,24 +97,29 @@ def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int) -> dic
         grads = sum(t.grad.numel() * t.grad.element_size() for t in (x, w))
         growths.append(peak - base)
         extras.append(peak - base - grads)
-    timed = times[1:] if runs > 2 else times
+    first = 1 if runs > 2 else 0  # the warm-up run, dropped when there are enough
     return {
         "impl": impl,
         "shape": [n, d, v],
         "dtype": dtype_name,
         "runs": runs,
-        "time_s": statistics.median(timed),
+        "time_s": statistics.median(times[first:]),
         "times_s": times,
-        "growth_bytes": max(growths),
-        "extra_bytes": max(extras),
+        "growth_bytes": max(growths[first:]),
+        "extra_bytes": max(extras[first:]),
+        "extra_bytes_all": extras,
         "loss": float(loss),
         "threads": torch.get_num_threads(),
+        "chunk_size": chunk,
     }
 
 
-def run_isolated(impl: str, shape: tuple[int, int, int], dtype: str, runs: int) -> dict:
+def run_isolated(
+    impl: str, shape: tuple[int, int, int], dtype: str, runs: int, chunk: int = 0
+) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--worker", impl, *map(str, shape), dtype, str(runs)]
+    cmd.append(str(chunk))
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -152,6 +158,9 @@ def main() -> None:
         default=0,
         help="runs per case (default: 5, or 3 when 6NDV exceeds 1 TFLOP)",
     )
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="crossentropy's chunk_size (default: auto)"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     results = []
@@ -161,7 +170,7 @@ def main() -> None:
         runs = args.runs or (3 if 6 * n * d * v > 1e12 else 5)
         for dtype in args.dtypes:
             for impl in args.impls:
-                result = run_isolated(impl, shape, dtype, runs)
+                result = run_isolated(impl, shape, dtype, runs, args.chunk_size)
                 results.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
     print(table(results))
@@ -172,7 +181,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        impl, n, d, v, dtype, runs = sys.argv[2:8]
-        print(json.dumps(worker(impl, int(n), int(d), int(v), dtype, int(runs))))
+        impl, n, d, v, dtype, runs, chunk = sys.argv[2:9]
+        print(json.dumps(worker(impl, int(n), int(d), int(v), dtype, int(runs), int(chunk))))
     else:
         main()

@@ -150,10 +150,13 @@ def test_chunk_size_independence_and_determinism(reduction):
 
 
 def test_default_chunk_size_follows_budget():
-    assert _chunked.default_chunk_size(10**6, 128256, torch.float32, False) == 256
-    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, False) == 1024
-    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, True) == 512
-    assert _chunked.default_chunk_size(10**6, 32768, torch.bfloat16, False) == 672
+    # Hand arithmetic: 64 MiB / (V * 4 bytes), rounded down to a multiple of 16.
+    assert _chunked.CHUNK_BUDGET_BYTES == 64 * 2**20
+    assert _chunked.default_chunk_size(10**6, 128256, torch.float32, False) == 128
+    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, False) == 512
+    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, True) == 256
+    assert _chunked.default_chunk_size(10**6, 32768, torch.bfloat16, False) == 336
+    assert _chunked.default_chunk_size(10**6, 32768, torch.float64, False) == 256
     assert _chunked.default_chunk_size(100, 32768, torch.float32, False) == 100
     assert _chunked.default_chunk_size(10**6, 10**9, torch.float32, False) == 16
 

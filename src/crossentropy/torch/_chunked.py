@@ -32,7 +32,7 @@ import torch
 __all__ = ["CHUNK_BUDGET_BYTES", "Options", "apply", "default_chunk_size"]
 
 #: Working memory the automatic ``chunk_size`` aims for: the float32 (chunk, V) block(s).
-CHUNK_BUDGET_BYTES = 128 * 2**20
+CHUNK_BUDGET_BYTES = 64 * 2**20
 
 #: Vocabulary rows per block when accumulating a half-precision weight gradient in float32.
 _VOCAB_BLOCK = 4096

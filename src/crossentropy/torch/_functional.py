@@ -248,7 +248,9 @@ def linear_cross_entropy(
     chunk_size : int, optional
         Tokens per chunk.  ``None`` picks the largest multiple of 16 whose working set --
         the chunk's float32 logits (twice with ``softcap``; plus the half-precision logits
-        for half inputs) -- fits 128 MiB, e.g. 256 tokens at ``V = 128256`` in float32.
+        for half inputs) -- fits 64 MiB: 128 tokens at ``V = 128256`` and 512 at
+        ``V = 32768`` in float32.  The weight gradient is read and written once per
+        chunk, so larger chunks trade memory for a little speed at large ``V``.
         The result does not depend on it beyond float rounding, and is deterministic.
 
     Returns

@@ -1,0 +1,226 @@
+"""Vocabulary-parallel cross-entropy of a logits shard: the ``torch.autograd.Function``.
+
+Forward walks the ``(N, V_r)`` shard a chunk of tokens at a time, gathering per-token
+local statistics, then makes the two collectives of :func:`._distributed_core.combine`
+and forms the per-token losses.  It saves the logits shard itself (the caller's tensor,
+in its own dtype, not a copy) and ``O(N)`` statistics -- never a softmax.  Backward
+recomputes ``softmax = exp(z - lse)`` chunk by chunk straight into the gradient buffer;
+it needs no collective, since every term of ``dloss/dz_c`` is local once the per-token
+``lse`` is known.
+
+The Function returns per-token losses; the reduction is ordinary autograd outside it, so
+backward always receives a per-token upstream gradient and is exact for any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _distributed_core as core
+
+__all__ = ["Options", "apply"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    layout: core.Layout
+    group: Any
+    soft: bool
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    chunk_size: int = 1024
+
+
+def _capped(logits, a, b, buf, cap, keep=None):
+    """The soft-capped compute-dtype logits of rows ``a:b``, in ``buf``."""
+    z = buf[: b - a]
+    z.copy_(logits[a:b])
+    core.soft_cap_(z, cap, None if keep is None else keep[: b - a])
+    return z
+
+
+def _forward_stats(logits, target, weight, opts):
+    """Per-token losses, token weights and what backward needs."""
+    layout = opts.layout
+    n_tok, width = logits.shape
+    compute = core.compute_dtype(logits.dtype)
+    eps = opts.label_smoothing
+    vocab = layout.vocab
+    device = logits.device
+    w = None if weight is None else weight.to(compute)
+    rows = min(opts.chunk_size, max(n_tok, 1))
+    buf = torch.empty(rows, width, dtype=compute, device=device)
+    zmax = torch.empty(n_tok, dtype=compute, device=device)
+    sumexp = torch.empty_like(zmax)
+    if opts.soft:
+        total_t = torch.empty_like(zmax)
+        dot = torch.empty_like(zmax)
+        for a in range(0, n_tok, rows):
+            b = min(a + rows, n_tok)
+            z = _capped(logits, a, b, buf, opts.softcap)
+            wt = _soft_weights(target[a:b], w, eps, vocab, compute)
+            total_t[a:b] = wt.sum(1)
+            dot[a:b] = (wt * z).sum(1)
+            zmax[a:b], sumexp[a:b] = core.local_max_and_sumexp(z)
+        shift, (s, t_sum, u_sum) = core.combine(zmax, [sumexp, total_t, dot], opts.group)
+        lse = shift + s.log()
+        loss = t_sum * lse - u_sum
+        if opts.z_loss:
+            loss = loss + opts.z_loss * lse.square()
+        omega = torch.ones_like(lse)
+        return loss, omega, (lse, t_sum)
+
+    counted, valid, hit, local = core.label_positions(target, layout, opts.ignore_index)
+    cols = [torch.empty_like(zmax)]
+    if w is not None:
+        cols.append(torch.empty_like(zmax))
+    if eps:
+        cols.append(torch.empty_like(zmax))
+    for a in range(0, n_tok, rows):
+        b = min(a + rows, n_tok)
+        z = _capped(logits, a, b, buf, opts.softcap)
+        stats = core.label_stats(z, hit[a:b], local[a:b], w, bool(eps))
+        zmax[a:b], sumexp[a:b] = stats[0], stats[1]
+        for col, value in zip(cols, stats[2:], strict=True):
+            col[a:b] = value
+    sums = [sumexp, *cols]
+    if eps and w is not None:
+        sums.append(w.sum().reshape(1))
+    shift, sums = core.combine(zmax, sums, opts.group)
+    lse = shift + sums[0].log()
+    z_y = sums[1]
+    pos = 2
+    if w is not None:
+        omega = torch.where(counted, sums[pos], 0.0)
+        pos += 1
+    else:
+        omega = counted.to(compute)
+    smooth_sum = None
+    w_total: torch.Tensor | float = float(vocab)
+    if eps:
+        smooth_sum = sums[pos]
+        if w is not None:
+            w_total = sums[pos + 1]
+    loss = core.label_loss(
+        lse,
+        z_y,
+        omega,
+        smooth_sum,
+        w_total,
+        counted,
+        valid,
+        eps=eps,
+        vocab=vocab,
+        z_loss=opts.z_loss,
+    )
+    return loss, omega, (lse, omega, w_total)
+
+
+def _soft_weights(t, w, eps, vocab, compute):
+    """``w * ((1 - eps) t + eps / C)`` for a block of probability targets."""
+    wt = t.to(compute)
+    if eps:
+        wt = (1.0 - eps) * wt + eps / vocab
+    if w is not None:
+        wt = wt * w
+    return wt
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, weight, opts):  # type: ignore[override]
+        loss, omega, saved = _forward_stats(logits, target, weight, opts)
+        ctx.opts = opts
+        ctx.mark_non_differentiable(omega)
+        w_total = saved[-1] if isinstance(saved[-1], torch.Tensor) else None
+        ctx.w_total = None if w_total is not None else saved[-1]
+        tensors = [t for t in saved if isinstance(t, torch.Tensor)]
+        ctx.n_saved = len(tensors)
+        ctx.save_for_backward(logits, target, weight, *tensors)
+        return loss, omega
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _grad_omega):  # type: ignore[override]
+        opts = ctx.opts
+        logits, target, weight, *saved = ctx.saved_tensors
+        layout = opts.layout
+        compute = core.compute_dtype(logits.dtype)
+        n_tok, width = logits.shape
+        eps = opts.label_smoothing
+        vocab = layout.vocab
+        w = None if weight is None else weight.to(compute)
+        scale = grad.to(compute)
+        need_logits, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dlogits = torch.empty_like(logits) if need_logits else None
+        dtarget = torch.empty_like(target) if need_target else None
+        rows = min(opts.chunk_size, max(n_tok, 1))
+        direct = logits.dtype == compute
+        buf = None
+        if not direct or opts.softcap is not None:
+            buf = logits.new_empty(rows, width, dtype=compute)
+        keep = None
+        if opts.softcap is not None:
+            keep = logits.new_empty(rows, width, dtype=compute)
+        if opts.soft:
+            lse, t_sum = saved
+            coef = t_sum + 2.0 * opts.z_loss * lse if opts.z_loss else t_sum
+        else:
+            lse, omega = saved[0], saved[1]
+            w_total = saved[2] if len(saved) > 2 else ctx.w_total
+            counted, _, hit, local = core.label_positions(target, layout, opts.ignore_index)
+            scale = torch.where(counted, scale, 0.0)
+        for a in range(0, n_tok, rows):
+            b = min(a + rows, n_tok)
+            s = scale[a:b]
+            if buf is None:
+                # float32/float64 logits without softcap: build the gradient in its own buffer.
+                z = dlogits[a:b] if dlogits is not None else logits[a:b].clone()
+                z.copy_(logits[a:b])
+            else:
+                z = _capped(logits, a, b, buf, opts.softcap, keep)
+            if opts.soft:
+                wt = _soft_weights(target[a:b], w, eps, vocab, compute)
+                if dtarget is not None:
+                    dt = (lse[a:b].unsqueeze(1) - z) * ((1.0 - eps) * s).unsqueeze(1)
+                    if w is not None:
+                        dt = dt * w
+                    dtarget[a:b] = dt
+                if dlogits is None:
+                    continue
+                z.sub_(lse[a:b].unsqueeze(1)).exp_().mul_((s * coef[a:b]).unsqueeze(1))
+                z.sub_(wt * s.unsqueeze(1))
+            else:
+                if dlogits is None:
+                    continue
+                core.label_grad_(
+                    z,
+                    lse[a:b],
+                    s,
+                    omega[a:b],
+                    counted[a:b],
+                    hit[a:b],
+                    local[a:b],
+                    w,
+                    w_total,
+                    eps=eps,
+                    vocab=vocab,
+                    z_loss=opts.z_loss,
+                )
+            if keep is not None:
+                z.mul_(keep[: b - a].square_().neg_().add_(1.0))
+            if buf is not None:
+                dlogits[a:b] = z
+        return dlogits, dtarget, None, None
+
+
+@torch.compiler.disable
+def apply(logits, target, weight, opts):
+    """Per-token losses and token weights ``omega`` (N,) for the flat ``(N, V_r)`` shard."""
+    return _VocabParallelCrossEntropy.apply(logits, target, weight, opts)

@@ -1,0 +1,692 @@
+r"""Vocabulary-parallel and data-parallel losses over :mod:`torch.distributed`.
+
+When the output layer is too large for one device, tensor parallelism splits it by
+vocabulary: rank ``r`` of a process group holds the logits (or the weight rows) of a
+contiguous slice ``[start_r, stop_r)`` of the ``C`` classes, in group-rank order.  The
+slices may be uneven, even empty.  The losses here compute exactly what
+:func:`crossentropy.torch.cross_entropy` and
+:func:`crossentropy.torch.linear_cross_entropy` compute on the whole vocabulary -- label
+smoothing spreads ``eps / C`` over the **global** ``C``, the z-loss uses the global
+``logsumexp`` -- and return the same (replicated) loss on every rank.
+
+* :func:`vocab_parallel_cross_entropy` -- from a ``(..., C_r)`` logits shard; class
+  indices, or probability targets sharded like the logits; class weights sharded too.
+* :func:`vocab_parallel_linear_cross_entropy` -- fused ``hidden @ weight_shard.T`` and
+  cross-entropy, chunked over tokens: never more than one ``(chunk, C_r)`` block of logits.
+* :func:`global_token_count` -- the divisor that makes data-parallel gradient accumulation
+  exact (``normalize_by=``).
+
+Communication budget
+--------------------
+Per call, with ``N`` tokens, ``P`` ranks and ``D`` the hidden size:
+
+=================================  ==========================================  =========
+collective                         payload per rank                            when
+=================================  ==========================================  =========
+``all_gather`` (descriptor)        ``P x 1 KiB``, independent of ``N``         forward,
+                                                                               unless
+                                                                               ``vocab_sizes``
+                                                                               given and
+                                                                               ``validate``
+                                                                               off
+``all_reduce`` MAX                 ``N`` floats: per-token local maxima        forward
+``all_reduce`` SUM                 ``k N`` floats: sum-exp, target logit,      forward
+                                   (+ sum of logits with smoothing,
+                                   + ``w_y`` with class weights;
+                                   soft targets: sum-exp, sum t, sum t z)
+``all_reduce`` SUM                 ``N D`` floats (compute dtype): the hidden  backward,
+                                   gradient                                    fused only
+``all_reduce`` SUM                 ``N`` floats: target row sums               ``validate``
+                                                                               with soft
+                                                                               targets
+=================================  ==========================================  =========
+
+So the forward pass makes at most two collectives whose size grows with ``N`` (``k`` is
+2 to 4), the dense backward makes none (every term of ``dloss/dz_c`` is local once the
+token's ``lse`` is known), and the fused backward adds only the hidden-gradient
+all-reduce.  Nothing of size ``N x C`` is ever communicated.  The floor for the fused
+loss is the hidden gradient (``D`` floats a token) plus one float a token for the
+normaliser; the forward's 2 to 3 floats a token are within a few floats of it.  The tests
+count the collectives.
+
+Memory: the dense loss saves the caller's logits shard (no copy) and ``O(N)``
+statistics -- never a softmax; backward recomputes ``exp(z - lse)`` straight into the
+gradient buffer.  Temporary compute-dtype blocks are at most 64 MiB (chunks of tokens).
+The fused loss saves its inputs and ``lse``; it recomputes the logits in backward, one
+chunk at a time, so its FLOPs are ``8 N D C_r`` per rank rather than the single-process
+``6 N D C`` -- the price of two collectives in all rather than two per chunk.
+
+Consistency and errors
+----------------------
+Unless ``vocab_sizes`` is given (and ``validate`` is off), every call starts with one
+``all_gather`` of a 1 KiB descriptor per rank: its slice size, batch shape, dtype, options
+and any error its own argument checks raised.  Every rank then checks the same gathered
+table, so a wrong shape, a wrong slice, options that differ between ranks, or a bad
+argument on one rank raise the same ``ValueError`` (or ``TypeError``) on every rank,
+naming the rank, instead of leaving the others hanging in a collective.  The slice
+bounds come from the same gather.  The descriptor is read on the host, which
+synchronises with the device; pass ``vocab_sizes`` (fixed for a model) with
+``validate=False`` for the synchronisation-free path, where a rank with a wrong call
+fails alone and the others may wait for it, as with any collective.  ``validate=True``
+also checks the data: labels in ``[0, C)`` and equal on every rank, probabilities
+non-negative and summing to 1 over the whole vocabulary.
+
+Data parallelism and gradient accumulation
+------------------------------------------
+Averaging each micro-batch's loss and then averaging over steps and ranks weights tokens
+unequally when micro-batches have different numbers of counted tokens.  The exact rule
+divides the **sum** over all tokens of all micro-batches on all data-parallel ranks by
+their number::
+
+    n = global_token_count(micro_targets, group=dp_group)     # one all_reduce, a scalar
+    for hidden, target in micro_batches:
+        loss = vocab_parallel_linear_cross_entropy(hidden, w_shard, target,
+                                                   group=tp_group, normalize_by=n)
+        loss.backward()                                        # gradients accumulate
+    # then SUM the gradients over dp_group
+
+after which every rank holds the gradient of the mean loss of one big batch.  DDP and FSDP
+*average* gradients over their ``M`` ranks instead of summing them; with those, pass
+``normalize_by=n / M``.  With tensor and data parallelism together, count over the
+data-parallel group only (every rank of a tensor-parallel group sees the same tokens).
+``global_token_count`` counts tokens; with class weights the single-process ``mean``
+divides by the sum of ``w_y`` instead.
+
+DTensor
+-------
+A :class:`~torch.distributed.tensor.DTensor` on a one-dimensional device mesh is accepted
+where it fits naturally: logits (and probability targets) placed ``Shard(-1)``, a weight
+(and bias) placed ``Shard(0)``, and class-index targets or hidden states placed
+``Replicate()``.  They are unwrapped with ``to_local()`` (which is differentiable, so
+gradients come back as DTensors with the same placement) and the mesh's group is used;
+the loss is returned as a plain tensor, the same on every rank.  Other layouts (uneven
+hand-made shards of a DTensor, multi-dimensional meshes) are refused with a
+``ValueError``: use the local tensors and ``group=`` instead.
+
+Launching with ``torchrun``
+---------------------------
+One process per device; ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous, so the script only initialises the default group::
+
+    # train.py
+    import os, torch, torch.distributed as dist
+    from crossentropy.torch.distributed import vocab_parallel_linear_cross_entropy
+
+    dist.init_process_group("nccl")            # "gloo" for CPU processes
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    vocab, dim = 128256, 4096
+    sizes = [vocab // world + (r < vocab % world) for r in range(world)]
+    start = sum(sizes[:rank])
+    w_shard = full_weight[start:start + sizes[rank]].cuda().requires_grad_()
+    loss = vocab_parallel_linear_cross_entropy(hidden, w_shard, target,
+                                               vocab_sizes=sizes)
+    loss.backward()                            # hidden.grad is summed over the group
+    dist.destroy_process_group()
+
+    $ torchrun --standalone --nproc-per-node=8 train.py
+    $ torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d \
+          --rdzv-endpoint=host0:29500 train.py        # on each of two nodes
+
+``group=`` takes any subgroup from :func:`torch.distributed.new_group` (for example the
+tensor-parallel group of a 2-D layout); the hidden states and class-index targets must be
+the same on every rank of it.  ``benchmarks/bench_distributed.py`` is such a script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import _checks
+from . import _distributed_core as core
+from . import _distributed_dense as dense
+from . import _distributed_fused as fused
+
+__all__ = [
+    "global_token_count",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]
+
+
+def global_token_count(
+    target: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    ignore_index: int = -100,
+    group: Any = None,
+) -> torch.Tensor:
+    r"""Number of counted tokens over several micro-batches and all ranks of ``group``.
+
+    .. math::
+
+        n = \sum_{\text{ranks}} \sum_{\text{micro-batches}} \#\{i : y_i \ne
+        \text{ignore\_index}\}
+
+    Pass it as ``normalize_by=`` to every micro-batch's loss so that the accumulated
+    gradient, summed over the ranks, is the gradient of one big batch's ``mean``.
+
+    Parameters
+    ----------
+    target : Tensor or sequence of Tensors
+        Class indices, any shape (one tensor per micro-batch); or probability targets
+        ``(..., C_r)``, each row counting as one token.
+    ignore_index : int
+        Label that is not counted (class indices only).
+    group : ProcessGroup, optional
+        The data-parallel group to sum over (default: the whole world).  Not the
+        tensor-parallel group, whose ranks share their tokens.
+
+    Returns
+    -------
+    Tensor
+        A float64 scalar on the targets' device, the same on every rank: one
+        ``all_reduce`` of one element.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch.distributed import global_token_count
+    >>> micro = [torch.tensor([3, -100, 1]), torch.tensor([0, 2])]
+    >>> global_token_count(micro, group=dp_group)  # doctest: +SKIP
+    tensor(8., dtype=torch.float64)        # 4 tokens here, 4 on the other rank
+    """
+    targets = [target] if isinstance(target, torch.Tensor) else list(target)
+    if not targets:
+        raise ValueError("target must be a tensor or a non-empty sequence of tensors")
+    ignore = _checks.ignore_index(ignore_index)
+    device = targets[0].device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i, t in enumerate(targets):
+        _checks.tensor(t, f"target[{i}]")
+        if t.dtype.is_floating_point:
+            count = t.numel() // max(t.shape[-1], 1) if t.ndim else 1
+            total = total + count
+        else:
+            total = total + (t != ignore).sum().to(total)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return total
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _unwrap(value: Any, name: str, placement: str, dim: int) -> tuple[Any, Any]:
+    """A DTensor's local tensor and its mesh's group, after checking its placement."""
+    if type(value).__name__ != "DTensor":
+        return value, None
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = value.device_mesh
+    if mesh.ndim != 1:
+        raise ValueError(f"{name} (DTensor) must live on a one-dimensional device mesh")
+    (place,) = value.placements
+    ok = (
+        isinstance(place, Replicate)
+        if placement == "replicate"
+        else isinstance(place, Shard) and place.dim % value.ndim == dim % value.ndim
+    )
+    if not ok:
+        want = "Replicate()" if placement == "replicate" else f"Shard({dim})"
+        raise ValueError(f"{name} (DTensor) must be placed {want}, got {place}")
+    return value.to_local(), mesh.get_group()
+
+
+def _group_of(groups: list[Any], group: Any) -> Any:
+    found = [g for g in groups if g is not None]
+    if group is None and found:
+        group = found[0]
+    return group
+
+
+def _normalizer(value: Any, reduction: str) -> Any:
+    if value is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(
+            f"normalize_by replaces the divisor of reduction='mean'; got reduction={reduction!r}"
+        )
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_complex or value.dtype == torch.bool:
+            raise ValueError(
+                f"normalize_by must be a real scalar tensor, got shape {tuple(value.shape)} "
+                f"and dtype {value.dtype}"
+            )
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"normalize_by must be a number or a scalar tensor, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"normalize_by must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def _reduce(loss, omega, reduction, normalize_by, batch):
+    if reduction == "none":
+        return loss.reshape(batch)
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    denom = omega.sum() if normalize_by is None else normalize_by
+    if not isinstance(denom, torch.Tensor):
+        return total / denom if denom else total * 0.0
+    denom = denom.to(total)
+    # A where() on the quotient would leak NaN into the gradient; guard the divisor.
+    return total / torch.where(denom != 0, denom, 1.0)
+
+
+def _label_fields(target: torch.Tensor, ignore: int, validate: bool) -> dict[str, Any]:
+    """With ``validate``: the range of the counted labels and a digest of the labels."""
+    if not validate:
+        return {"labels": None, "digest": None}
+    flat = target.reshape(-1)
+    counted = flat[flat != ignore]
+    span = None if counted.numel() == 0 else [int(counted.min()), int(counted.max())]
+    digest = hashlib.sha1(flat.long().cpu().numpy().tobytes()).hexdigest()
+    return {"labels": span, "digest": digest}
+
+
+def _check_labels(records: list[dict[str, Any]], vocab: int, ignore: int, name: str) -> None:
+    for rank, record in enumerate(records):
+        span = record.get("labels")
+        if span is None:
+            continue
+        low, high = span
+        bad = low if low < 0 else high if high >= vocab else None
+        if bad is not None:
+            raise ValueError(
+                f"{name}: target (class indices) must lie in [0, {vocab}) or equal "
+                f"ignore_index={ignore}: found {bad} on rank {rank}"
+            )
+
+
+def _exchange(
+    desc: core._Descriptor,
+    *,
+    exchange: bool,
+    group: Any,
+    device: torch.device,
+    rank: int,
+    local_size: int,
+    sizes: tuple[int, ...] | None,
+    world: int,
+    name: str,
+) -> tuple[core.Layout, list[dict[str, Any]] | None]:
+    records = core.agree(desc, group=group, device=device, name=name) if exchange else None
+    layout = core.resolve_layout(
+        records,
+        rank=rank,
+        local_size=local_size,
+        vocab_sizes=sizes,
+        world=world,
+        name=name,
+    )
+    return layout, records
+
+
+# --------------------------------------------------------------------------- the losses
+
+
+def vocab_parallel_cross_entropy(
+    logits_shard: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group: Any = None,
+    vocab_sizes: Sequence[int] | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalize_by: torch.Tensor | float | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    r"""Cross-entropy of logits whose class dimension is split across a process group.
+
+    Rank ``r`` of ``group`` holds ``logits_shard = z[..., start_r:stop_r]``, the slices
+    contiguous and in group-rank order.  The result equals
+    ``crossentropy.torch.cross_entropy(z, target, ...)`` on the whole ``z`` (up to float
+    rounding) and is the same on every rank:
+
+    .. math::
+
+        \ell = -\sum_{c=1}^{C} w_c t'_c \log q_c
+               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2 ,
+        \qquad t' = (1 - \varepsilon) t + \varepsilon / C ,
+
+    with ``C`` the **global** vocabulary and the ``logsumexp`` over all of it.  The
+    gradient of ``logits_shard`` is computed in backward without any collective.
+
+    Parameters
+    ----------
+    logits_shard : Tensor, shape (..., C_r)
+        This rank's slice of the logits, class dimension last; may be empty (``C_r = 0``).
+        float16/bfloat16 computed in float32, float64 kept.  A DTensor placed
+        ``Shard(-1)`` on a 1-D mesh is accepted (see the module notes).
+    target : Tensor, shape (...) integer or (..., C_r) floating
+        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank; or
+        probabilities sharded like the logits.
+    group : ProcessGroup, optional
+        The vocabulary-parallel group (default: the whole world).
+    vocab_sizes : sequence of int, optional
+        ``C_r`` of every rank in group-rank order.  When given (and ``validate`` is off)
+        no descriptor is exchanged; otherwise the sizes are all-gathered and checked.
+    weight : Tensor, shape (C_r,), optional
+        This rank's slice of the class weights (no gradient flows to it).
+    ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`crossentropy.torch.cross_entropy`; smoothing and z-loss are over the
+        global vocabulary.
+    normalize_by : Tensor or float, optional
+        Divisor of ``reduction='mean'`` instead of the local ``sum(omega)``, e.g.
+        :func:`global_token_count` for exact data-parallel gradient accumulation.  0 gives 0.
+    validate : bool
+        Also check the data (labels in range and equal on all ranks; probabilities
+        non-negative, rows summing to 1 over the global vocabulary), identically on every
+        rank.  Synchronises with the host.
+
+    Returns
+    -------
+    Tensor
+        Scalar, or shape (...) for ``reduction='none'``; float32 for half inputs.  The
+        same on every rank.  An all-ignored batch gives 0 with zero gradients under
+        ``mean``.
+
+    Raises
+    ------
+    ValueError
+        On every rank alike (unless ``vocab_sizes`` is given without ``validate``), when
+        any rank's arguments are wrong or the ranks disagree on the batch shape, dtype,
+        options or slice sizes; the message names the rank.
+
+    Examples
+    --------
+    Two ranks, the vocabulary ``[0, 5)`` split as 3 + 2::
+
+        z = torch.randn(8, 5)                          # the same on both ranks
+        shard = z[:, :3] if rank == 0 else z[:, 3:]
+        loss = vocab_parallel_cross_entropy(shard.requires_grad_(), target,
+                                            label_smoothing=0.1)
+        # == crossentropy.torch.cross_entropy(z, target, label_smoothing=0.1)
+    """
+    name = "vocab_parallel_cross_entropy"
+    logits_shard, g1 = _unwrap(logits_shard, "logits_shard", "shard", -1)
+    soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
+    target, g2 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    weight, g3 = _unwrap(weight, "weight", "shard", 0)
+    group = _group_of([g1, g2, g3], group)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    exchange = vocab_sizes is None or validate
+    desc = core._Descriptor()
+    sizes = None
+    local_size = 0
+    soft = False
+    try:
+        _checks.floating(logits_shard, "logits_shard")
+        if logits_shard.ndim < 1:
+            raise ValueError("logits_shard must have a class dimension (the last)")
+        local_size = int(logits_shard.shape[-1])
+        ignore = _checks.ignore_index(ignore_index)
+        soft = _checks.target(target, tuple(logits_shard.shape), False, ignore)
+        if weight is not None:
+            _checks.floating(weight, "weight")
+            if tuple(weight.shape) != (local_size,):
+                raise ValueError(
+                    f"weight must have shape ({local_size},), this rank's slice of the class "
+                    f"weights, got {tuple(weight.shape)}"
+                )
+            if weight.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "weight (class weights) gets no gradient here; pass weight.detach()"
+                )
+        reduction = _checks.reduction(reduction)
+        eps = _checks.label_smoothing(label_smoothing)
+        coef = _checks.z_loss(z_loss)
+        cap = _checks.softcap(softcap)
+        norm = _normalizer(normalize_by, reduction)
+        sizes = core.check_vocab_sizes(vocab_sizes, world)
+        fields = {"labels": None, "digest": None}
+        if validate:
+            if soft:
+                if bool((target < 0).any()) or not bool(torch.isfinite(target).all()):
+                    raise ValueError("target (probabilities) must be finite and non-negative")
+            else:
+                fields = _label_fields(target, ignore, True)
+            if weight is not None and not bool(((weight >= 0) & torch.isfinite(weight)).all()):
+                raise ValueError("weight must be finite and non-negative")
+    except (TypeError, ValueError) as error:
+        if not exchange:
+            raise
+        desc.fail(error)
+        fields = {"labels": None, "digest": None}
+    if not desc.error:
+        desc.fields = {
+            "size": local_size,
+            "batch": list(logits_shard.shape[:-1]),
+            "dtype": str(logits_shard.dtype),
+            "soft": soft,
+            "weight": weight is not None,
+            "vocab_sizes": None if sizes is None else list(sizes),
+            "options": [ignore, reduction, eps, coef, cap, None if norm is None else "given"],
+            "digest": fields["digest"],
+            "labels": fields["labels"],
+        }
+    device = logits_shard.device if isinstance(logits_shard, torch.Tensor) else None
+    layout, records = _exchange(
+        desc,
+        exchange=exchange,
+        group=group,
+        device=device or torch.device("cpu"),
+        rank=rank,
+        local_size=local_size,
+        sizes=sizes,
+        world=world,
+        name=name,
+    )
+    if validate and not soft:
+        _check_labels(records or [], layout.vocab, ignore, name)
+    batch = tuple(logits_shard.shape[:-1])
+    flat = logits_shard.reshape(-1, local_size)
+    flat_target = target.reshape(-1, local_size) if soft else target.reshape(-1).long()
+    if validate and soft:
+        _check_row_sums(flat_target, group, flat.dtype, name)
+    opts = dense.Options(
+        layout=layout,
+        group=group,
+        soft=soft,
+        ignore_index=ignore,
+        label_smoothing=eps,
+        z_loss=coef,
+        softcap=cap,
+        chunk_size=core.chunk_rows(flat.shape[0], local_size, flat.dtype, 2),
+    )
+    loss, omega = dense.apply(flat, flat_target, None if weight is None else weight, opts)
+    return _reduce(loss, omega, reduction, norm, batch)
+
+
+def _check_row_sums(target: torch.Tensor, group: Any, dtype: torch.dtype, name: str) -> None:
+    """Rows of sharded probabilities sum to 1 over the global vocabulary (one all_reduce)."""
+    sums = target.to(torch.float64).sum(-1)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    tol = 1e-6 if dtype == torch.float64 else 1e-3
+    bad = (sums - 1.0).abs() > tol
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: target (probabilities) rows must sum to 1 over the vocabulary; row {row} "
+            f"sums to {float(sums[row]):.6g}"
+        )
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight_shard: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group: Any = None,
+    vocab_sizes: Sequence[int] | None = None,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    normalize_by: torch.Tensor | float | None = None,
+    reduce_hidden_grad: bool = True,
+    validate: bool = False,
+) -> torch.Tensor:
+    r"""Fused ``hidden @ weight.T (+ bias)`` and cross-entropy with the weight split by rows.
+
+    Rank ``r`` of ``group`` holds rows ``[start_r, stop_r)`` of the ``(C, D)`` output
+    weight (uneven slices allowed, in group-rank order).  The result equals
+    ``crossentropy.torch.linear_cross_entropy(hidden, weight, target, ...)`` on the whole
+    weight and is the same on every rank; only one ``(chunk_size, C_r)`` block of logits
+    exists at a time, in forward and in backward.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., D)
+        Hidden states, the same on every rank of the group.
+    weight_shard : Tensor, shape (C_r, D)
+        This rank's rows of the output weight, ``hidden``'s dtype.
+    target : integer Tensor, shape (...)
+        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank.
+    group, vocab_sizes, normalize_by, validate
+        As in :func:`vocab_parallel_cross_entropy`.
+    bias : Tensor, shape (C_r,), optional
+        This rank's slice of the bias.
+    ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size
+        As in :func:`crossentropy.torch.linear_cross_entropy`; ``chunk_size=None`` fits a
+        ``(chunk, C_r)`` float32 block (and, in backward, its tanh with ``softcap``) in
+        64 MiB.
+    reduce_hidden_grad : bool
+        All-reduce (sum) the hidden gradient over the group in backward, so every rank
+        gets the full gradient.  Turn it off when the layer before already reduces it
+        (e.g. Megatron's ``copy_to_tensor_model_parallel_region``); each rank then gets
+        its slice's partial sum.
+
+    Returns
+    -------
+    Tensor
+        Scalar, or shape (...) for ``reduction='none'``; float32 for half inputs.
+
+    Notes
+    -----
+    Forward: one descriptor ``all_gather`` (unless ``vocab_sizes``), one ``all_reduce``
+    MAX and one ``all_reduce`` SUM of ``N`` and ``2N`` (``3N`` with smoothing) floats.
+    Backward: one ``all_reduce`` SUM of the ``(N, D)`` hidden gradient in float32 (float64
+    for float64).  Backward recomputes the logits chunk by chunk: ``8 N D C_r`` FLOPs per
+    rank in all.  Probability targets and class weights are not supported (as in
+    :func:`~crossentropy.torch.linear_cross_entropy`).
+
+    Examples
+    --------
+    Two ranks, a ``(5, D)`` weight split as 3 + 2 rows::
+
+        w_shard = w[:3] if rank == 0 else w[3:]
+        loss = vocab_parallel_linear_cross_entropy(h, w_shard.requires_grad_(), y)
+        loss.backward()     # h.grad summed over the group, w_shard.grad local
+    """
+    name = "vocab_parallel_linear_cross_entropy"
+    hidden, g1 = _unwrap(hidden, "hidden", "replicate", 0)
+    weight_shard, g2 = _unwrap(weight_shard, "weight_shard", "shard", 0)
+    bias, g3 = _unwrap(bias, "bias", "shard", 0)
+    target, g4 = _unwrap(target, "target", "replicate", 0)
+    group = _group_of([g1, g2, g3, g4], group)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    exchange = vocab_sizes is None or validate
+    desc = core._Descriptor()
+    sizes = None
+    local_size = 0
+    fields = {"labels": None, "digest": None}
+    try:
+        _checks.floating(hidden, "hidden")
+        _checks.floating(weight_shard, "weight_shard")
+        if hidden.ndim < 1 or weight_shard.ndim != 2 or weight_shard.shape[1] != hidden.shape[-1]:
+            raise ValueError(
+                f"weight_shard must have shape (C_r, D) with D = hidden.shape[-1]; got hidden "
+                f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
+            )
+        if weight_shard.dtype != hidden.dtype:
+            raise TypeError(
+                f"weight_shard must have hidden's dtype {hidden.dtype}, got {weight_shard.dtype}"
+            )
+        local_size = int(weight_shard.shape[0])
+        if bias is not None:
+            _checks.floating(bias, "bias")
+            if tuple(bias.shape) != (local_size,):
+                raise ValueError(f"bias must have shape ({local_size},), got {tuple(bias.shape)}")
+            if bias.dtype != hidden.dtype:
+                raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+        _checks.tensor(target, "target")
+        if target.dtype.is_floating_point:
+            raise TypeError(
+                "target must hold integer class indices for vocab_parallel_linear_cross_entropy"
+                " (probability targets need the logits: use vocab_parallel_cross_entropy)"
+            )
+        ignore = _checks.ignore_index(ignore_index)
+        _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
+        reduction = _checks.reduction(reduction)
+        eps = _checks.label_smoothing(label_smoothing)
+        coef = _checks.z_loss(z_loss)
+        cap = _checks.softcap(softcap)
+        chunk = _checks.chunk_size(chunk_size)
+        norm = _normalizer(normalize_by, reduction)
+        sizes = core.check_vocab_sizes(vocab_sizes, world)
+        fields = _label_fields(target, ignore, validate)
+    except (TypeError, ValueError) as error:
+        if not exchange:
+            raise
+        desc.fail(error)
+    if not desc.error:
+        desc.fields = {
+            "size": local_size,
+            "batch": list(hidden.shape),
+            "dtype": str(hidden.dtype),
+            "soft": False,
+            "bias": bias is not None,
+            "vocab_sizes": None if sizes is None else list(sizes),
+            "options": [ignore, reduction, eps, coef, cap, None if norm is None else "given"],
+            "digest": fields["digest"],
+            "labels": fields["labels"],
+        }
+    device = hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
+    layout, records = _exchange(
+        desc,
+        exchange=exchange,
+        group=group,
+        device=device,
+        rank=rank,
+        local_size=local_size,
+        sizes=sizes,
+        world=world,
+        name=name,
+    )
+    if validate:
+        _check_labels(records or [], layout.vocab, ignore, name)
+    batch = tuple(hidden.shape[:-1])
+    flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    labels = target.reshape(-1).long()
+    if chunk is None:
+        copies = 2 if cap is not None else 1
+        chunk = core.chunk_rows(flat.shape[0], local_size, hidden.dtype, copies)
+    opts = fused.Options(
+        layout=layout,
+        group=group,
+        ignore_index=ignore,
+        label_smoothing=eps,
+        z_loss=coef,
+        softcap=cap,
+        chunk_size=chunk,
+        reduce_hidden_grad=bool(reduce_hidden_grad),
+    )
+    loss, omega = fused.apply(flat, weight_shard, bias, labels, opts)
+    return _reduce(loss, omega, reduction, norm, batch)
