@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,11 @@ def _status(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(field)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _reset_peak() -> None:
@@ -82,17 +88,18 @@ def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int, chunk:
         def step():
             return F.cross_entropy(x @ w.T, y)
 
-    times, growths, extras = [], [], []
+    times, cpus, growths, extras = [], [], [], []
     loss = None
     for _ in range(runs):
         x.grad = w.grad = None
         loss = None
         _reset_peak()
         base = _status("VmRSS")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         loss = step()
         loss.backward()
         times.append(time.perf_counter() - start)
+        cpus.append(_cpu_seconds() - cpu)
         peak = _status("VmHWM")
         grads = sum(t.grad.numel() * t.grad.element_size() for t in (x, w))
         growths.append(peak - base)
@@ -105,6 +112,8 @@ def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int, chunk:
         "runs": runs,
         "time_s": statistics.median(times[first:]),
         "times_s": times,
+        "cpu_s": statistics.median(cpus[first:]),
+        "load_avg": os.getloadavg()[0],
         "growth_bytes": max(growths[first:]),
         "extra_bytes": max(extras[first:]),
         "extra_bytes_all": extras,
@@ -127,8 +136,9 @@ def run_isolated(
 def table(results: list[dict]) -> str:
     rows = [
         "| N, D, V | dtype | impl | runs | time (s) | x unfused | x torch-chunked "
+        "| CPU s | CPU x unfused | CPU x torch-chunked "
         "| GFLOP/s | growth (MiB) | extra (MiB) | extra / unfused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(tuple(r["shape"]), r["dtype"], r["impl"]): r for r in results}
     for r in results:
@@ -139,9 +149,12 @@ def table(results: list[dict]) -> str:
         ratio = f"{r['time_s'] / unf['time_s']:.2f}" if unf else "-"
         ratio_c = f"{r['time_s'] / chk['time_s']:.2f}" if chk else "-"
         mem = f"{r['extra_bytes'] / unf['extra_bytes']:.1%}" if unf else "-"
+        cpu = f"{r['cpu_s'] / unf['cpu_s']:.2f}" if unf else "-"
+        cpu_c = f"{r['cpu_s'] / chk['cpu_s']:.2f}" if chk else "-"
         rows.append(
             f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} | {r['time_s']:.2f} "
-            f"| {ratio} | {ratio_c} | {flops:.0f} | {r['growth_bytes'] / MiB:.0f} "
+            f"| {ratio} | {ratio_c} | {r['cpu_s']:.2f} | {cpu} | {cpu_c} "
+            f"| {flops:.0f} | {r['growth_bytes'] / MiB:.0f} "
             f"| {r['extra_bytes'] / MiB:.0f} | {mem} |"
         )
     return "\n".join(rows)
@@ -156,7 +169,7 @@ def main() -> None:
         "--runs",
         type=int,
         default=0,
-        help="runs per case (default: 5, or 3 when 6NDV exceeds 1 TFLOP)",
+        help="runs per case (default: 5, or 2 when 6NDV exceeds 1 TFLOP)",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="crossentropy's chunk_size (default: auto)"
@@ -167,7 +180,7 @@ def main() -> None:
     for text in args.shapes:
         shape = tuple(int(s) for s in text.split(","))
         n, d, v = shape
-        runs = args.runs or (3 if 6 * n * d * v > 1e12 else 5)
+        runs = args.runs or (2 if 6 * n * d * v > 1e12 else 5)
         for dtype in args.dtypes:
             for impl in args.impls:
                 result = run_isolated(impl, shape, dtype, runs, args.chunk_size)
