@@ -370,6 +370,24 @@ def test_keepdims_and_axes(backend):
     assert tuple(ce.entropy(arr(backend, [0.5, 0.5]), keepdims=True).shape) == (1,)
 
 
+_DECOMPOSE_BROADCAST_BUG = pytest.mark.xfail(
+    strict=True, reason="BUG: decompose's entropy part keeps p's batch shape instead of the "
+    "broadcast shape (p (5,), q (3, 5) -> entropy shape ()), and with keepdims=True it "
+    "raises numpy AxisError")
+
+
+@_DECOMPOSE_BROADCAST_BUG
+def test_decompose_parts_share_the_broadcast_shape():
+    p, q = np.full(5, 0.2), np.full((3, 5), 0.2)
+    assert [np.shape(x) for x in ce.decompose(p, q)] == [(3,)] * 3
+
+
+@_DECOMPOSE_BROADCAST_BUG
+def test_decompose_keepdims_with_broadcasting():
+    p, q = np.full(5, 0.2), np.full((3, 5), 0.2)
+    assert [np.shape(x) for x in ce.decompose(p, q, keepdims=True)] == [(3, 1)] * 3
+
+
 def test_keepdims_with_broadcasting_and_labels():
     q = np.full((2, 3, 4), 0.25)
     assert ce.kl_divergence(np.full(4, 0.25), q, keepdims=True).shape == (2, 3, 1)
