@@ -68,11 +68,12 @@ def triton_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    options: DenseOptions = DenseOptions(),
+    options: DenseOptions | None = None,
 ) -> torch.Tensor:
     """:func:`crossentropy.torch.cross_entropy` through the Triton row kernel."""
     from . import _dense
 
+    options = options or DenseOptions()
     if options.divergence:
         options = dataclasses.replace(options, divergence=False)
     return _dense.apply(logits, target, weight, options)
@@ -82,11 +83,12 @@ def triton_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    options: DenseOptions = DenseOptions(),
+    options: DenseOptions | None = None,
 ) -> torch.Tensor:
     """:func:`crossentropy.torch.kl_loss` through the Triton row kernel."""
     from . import _dense
 
+    options = options or DenseOptions()
     if not options.divergence:
         options = dataclasses.replace(options, divergence=True)
     return _dense.apply(logits, target, weight, options)
@@ -97,7 +99,7 @@ def triton_linear_cross_entropy(
     weight: torch.Tensor,
     target: torch.Tensor,
     bias: torch.Tensor | None = None,
-    options: LinearOptions = LinearOptions(),
+    options: LinearOptions | None = None,
 ) -> torch.Tensor:
     """:func:`crossentropy.torch.linear_cross_entropy`: cuBLAS products around the row kernel.
 
@@ -106,6 +108,7 @@ def triton_linear_cross_entropy(
     """
     from . import _linear
 
+    options = options or LinearOptions()
     dim = hidden.shape[-1]
     flat = hidden.reshape(-1, dim)
     if not flat.is_contiguous():

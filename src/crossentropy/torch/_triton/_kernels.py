@@ -77,7 +77,7 @@ def row_kernel(
         counted = y != ignore_index
         invalid = counted & ((y < 0) | (y >= C))
         y_safe = tl.where(counted & ~invalid, y, 0)
-        if HAS_WEIGHT:
+        if HAS_WEIGHT:  # noqa: SIM108 (constexpr branches read best as statements)
             w_y = tl.load(W + y_safe).to(ACC)
         else:
             w_y = zero + 1.0
@@ -167,7 +167,7 @@ def row_kernel(
                 x = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
                 z = _capped(x, cap, HAS_CAP)
                 q = tl.exp(z - lse)
-                if HAS_WEIGHT:
+                if HAS_WEIGHT:  # noqa: SIM108
                     w = tl.load(W + idx, mask=mask, other=0.0).to(ACC)
                 else:
                     w = 1.0
