@@ -138,3 +138,10 @@ def test_posterior_interval():
     z = 1.6448536269514722
     assert est.low == pytest.approx(est.value - z * est.std_error)
     assert est.high == pytest.approx(est.value + z * est.std_error)
+
+
+def test_trigamma_matches_scipy():
+    from crossentropy.estimate._nsb import trigamma
+
+    x = np.concatenate([np.logspace(-12, 9, 20001), np.arange(1.0, 200.0)])
+    np.testing.assert_allclose(trigamma(x), polygamma(1, x), rtol=5e-14)

@@ -127,12 +127,16 @@ class Counts(Mapping):
         if array.dtype == np.bool_:
             array = array.view(np.uint8)
         if np.issubdtype(array.dtype, np.integer):
-            low, high = int(array.min()), int(array.max())
-            if low >= 0 and high < _DENSE_LIMIT:
+            # One pass for the maximum; bincount itself rejects negative values, which
+            # sends the batch down the general path.
+            if int(array.max()) < _DENSE_LIMIT:
                 if array.dtype == np.uint64:  # bincount will not cast it safely
                     array = array.astype(np.int64)
-                self._add_bincount(np.bincount(array))
-                return
+                try:
+                    self._add_bincount(np.bincount(array))
+                    return
+                except ValueError:
+                    pass
             dense = (array >= 0) & (array < _DENSE_LIMIT)
             if dense.any():
                 self._add_bincount(np.bincount(array[dense].astype(np.int64)))

@@ -73,32 +73,48 @@ def grassberger(c: np.ndarray) -> np.ndarray:
     return np.log(N) - _per_count(_grassberger_nG, c).sum(axis=-1) / N
 
 
+def _observed(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row index and count of every non-zero cell: most cells of a large K are zero."""
+    flat = c.reshape(-1)
+    index = np.flatnonzero(flat)
+    return index // c.shape[-1], flat[index].astype(np.float64)
+
+
+def _row_sums(rows: np.ndarray, terms: np.ndarray, n_rows: int) -> np.ndarray:
+    return np.bincount(rows, weights=terms, minlength=n_rows)
+
+
 def chao_shen(c: np.ndarray) -> np.ndarray:
+    c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
-    singletons = np.count_nonzero(c == 1, axis=-1).astype(np.float64)
+    rows, n = _observed(c)
+    singletons = _row_sums(rows, (n == 1).astype(np.float64), c.shape[0])
     # Chao & Shen: when every symbol is a singleton the coverage would be 0; use N - 1.
     singletons = np.where(singletons == N, N - 1, singletons)
     coverage = 1 - singletons / N
-    pa = (coverage / N)[..., None] * c
+    pa = (coverage / N)[rows] * n
     # 1 - (1 - pa)^N, the chance a symbol is seen at all (Horvitz-Thompson weight).
     with np.errstate(divide="ignore"):  # pa = 1: a single symbol, seen for certain
-        seen = -np.expm1(N[..., None] * np.log1p(-pa))
-    terms = np.divide(xlogy(pa, pa), seen, out=np.zeros_like(pa), where=c > 0)
-    return -terms.sum(axis=-1)
+        seen = -np.expm1(N[rows] * np.log1p(-pa))
+    return -_row_sums(rows, pa * np.log(pa) / seen, c.shape[0])
 
 
 def shrinkage(c: np.ndarray) -> np.ndarray:
+    c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
     K = c.shape[-1]
-    u = c / N[..., None]
-    target = 1.0 / K
-    spread = np.sum((u - target) ** 2, axis=-1)
+    rows, n = _observed(c)
+    u = n / N[rows]
+    sum_u2 = _row_sums(rows, u * u, c.shape[0])
+    spread = np.maximum(sum_u2 - 1.0 / K, 0.0)  # sum_k (u_k - 1/K)^2 over all K cells
     with np.errstate(divide="ignore", invalid="ignore"):
-        lam = (1 - np.sum(u**2, axis=-1)) / ((N - 1) * spread)
-    lam = np.where((N == 1) | (spread == 0), 1.0, lam)
-    lam = np.clip(lam, 0.0, 1.0)[..., None]
-    p = lam * target + (1 - lam) * u
-    return -xlogy(p, p).sum(axis=-1)
+        lam = (1 - sum_u2) / ((N - 1) * spread)
+    lam = np.where((N == 1) | (spread <= 1e-15 * sum_u2), 1.0, lam)
+    lam = np.clip(lam, 0.0, 1.0)
+    p = lam[rows] / K + (1 - lam[rows]) * u
+    unseen = K - np.bincount(rows, minlength=c.shape[0])
+    # Every unseen cell gets the same lambda / K.
+    return -_row_sums(rows, xlogy(p, p), c.shape[0]) - unseen * xlogy(lam / K, lam / K)
 
 
 def zhang(c: np.ndarray) -> np.ndarray:
