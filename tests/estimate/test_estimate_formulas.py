@@ -193,3 +193,18 @@ def test_estimate_result_object():
     assert float(est) == est.value
     assert np.asarray(est).shape == ()
     assert "method='nsb'" in repr(est)
+
+
+def test_estimate_equality():
+    c = np.array([[4, 2, 1], [1, 1, 1]])
+    a = entropy_interval_for_equality(c, seed=3)
+    assert a == entropy_interval_for_equality(c, seed=3)
+    assert a != entropy_interval_for_equality(c, seed=4)
+    assert entropy(c, method="plugin") == entropy(c, method="plugin")
+    assert entropy(c, method="plugin") != entropy(c, method="zhang")
+
+
+def entropy_interval_for_equality(c, seed):
+    from crossentropy.estimate import entropy_interval
+
+    return entropy_interval(c, method="jackknife", n_boot=20, seed=seed)

@@ -301,13 +301,13 @@ class Counts(Mapping):
         return array if dtype is None else array.astype(dtype)
 
     def __repr__(self) -> str:
-        items = list(zip(self.symbols()[:6], self.to_array_observed()[:6].tolist(), strict=False))
+        items = list(zip(self.symbols()[:6], self._observed_array()[:6].tolist(), strict=False))
         body = ", ".join(f"{s!r}: {c}" for s, c in items)
         more = ", ..." if len(self) > 6 else ""
         size = "" if self.alphabet_size is None else f", alphabet_size={self.alphabet_size}"
         return f"Counts({{{body}{more}}}, total={self.total}{size})"
 
-    def to_array_observed(self) -> np.ndarray:
+    def _observed_array(self) -> np.ndarray:
         """The counts of the observed symbols only, in the order of :meth:`symbols`."""
         other = np.array([c for _, c in self._other_items()], dtype=np.int64)
         return np.concatenate([self._dense[self._dense > 0], other])

@@ -21,7 +21,16 @@ def _show(x: Any) -> str:
     return f"array(shape={array.shape})"
 
 
-@dataclass(frozen=True)
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+@dataclass(frozen=True, eq=False)
 class Estimate:
     """An estimate with its method and uncertainty, for a single row or a batch.
 
@@ -42,7 +51,10 @@ class Estimate:
 
     Notes
     -----
-    ``float(estimate)`` and ``numpy.asarray(estimate)`` give ``value``.
+    ``float(estimate)`` and ``numpy.asarray(estimate)`` give ``value``. Two estimates
+    are equal when every field is (arrays element by element, NaN equal to NaN). With
+    ``method="auto"`` over a batch that mixes methods, ``std_error`` is NaN in the rows
+    whose method gives none.
     """
 
     value: Any
@@ -51,6 +63,15 @@ class Estimate:
     low: Any = None
     high: Any = None
     level: float | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Estimate):
+            return NotImplemented
+        return all(
+            _same(getattr(self, name), getattr(other, name)) for name in self.__dataclass_fields__
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __float__(self) -> float:
         return float(self.value)
