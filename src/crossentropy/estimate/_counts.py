@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import numbers
+import operator
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ _DENSE_LIMIT = 1 << 24
 
 
 def _is_dense_symbol(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and 0 <= value < _DENSE_LIMIT
+    return isinstance(value, numbers.Integral) and 0 <= int(value) < _DENSE_LIMIT
 
 
 def _sort_key(item: tuple[Hashable, int]) -> tuple[str, Any]:
@@ -197,7 +198,7 @@ class Counts(Mapping):
         """
         if not isinstance(other, Counts):
             raise TypeError(f"other must be a Counts, got {type(other).__name__}")
-        sizes = {self.alphabet_size, other.alphabet_size} - {None}
+        sizes = {s for s in (self.alphabet_size, other.alphabet_size) if s is not None}
         if len(sizes) > 1:
             raise ValueError(
                 f"cannot merge Counts over alphabets of different sizes {sorted(sizes)}"
@@ -240,7 +241,7 @@ class Counts(Mapping):
 
     def __getitem__(self, symbol: Hashable) -> int:
         if _is_dense_symbol(symbol):
-            index = int(symbol)
+            index = operator.index(symbol)  # type: ignore[arg-type]
             if index < self._dense.size and self._dense[index]:
                 return int(self._dense[index])
             raise KeyError(symbol)

@@ -77,7 +77,7 @@ def check_method(method: Any, allowed: tuple[str, ...], name: str = "method") ->
 
 
 def check_level(level: Any) -> float:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < float(level) < 1:
         raise ValueError(f"level must be a number strictly between 0 and 1, got {level!r}")
     return float(level)
 
