@@ -492,8 +492,9 @@ def vocab_parallel_cross_entropy(
     if validate and not soft:
         _check_labels(records or [], layout.vocab, ignore, name)
     batch = tuple(logits_shard.shape[:-1])
-    flat = logits_shard.reshape(-1, local_size)
-    flat_target = target.reshape(-1, local_size) if soft else target.reshape(-1).long()
+    rows = math.prod(batch)
+    flat = logits_shard.reshape(rows, local_size)
+    flat_target = target.reshape(rows, local_size) if soft else target.reshape(rows).long()
     if validate and soft:
         _check_row_sums(flat_target, group, flat.dtype, name)
     opts = dense.Options(
@@ -673,7 +674,7 @@ def vocab_parallel_linear_cross_entropy(
     if validate:
         _check_labels(records or [], layout.vocab, ignore, name)
     batch = tuple(hidden.shape[:-1])
-    flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
     labels = target.reshape(-1).long()
     if chunk is None:
         copies = 2 if cap is not None else 1
