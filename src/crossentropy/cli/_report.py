@@ -16,19 +16,28 @@ of the loss no model can remove.  Then
     kl_divergence = miscalibration + rest                   miscalibration: what a single
                                                             temperature removes
 
-Memory is bounded, whatever the number of rows n:
+Memory is bounded, whatever the number of rows n.  It holds, besides the interpreter and
+its libraries (about 150 MiB):
 
-* one batch of ``--batch-size`` rows (default ``max(64, 2**21 // K)``, i.e. about 2
-  million values) and a few per-row vectors, plus the reader's buffers (Parquet: a 1 MiB
-  buffer per column read, no prefetching of whole row groups; CSV: one block);
+* one batch of ``--batch-size`` rows (default ``max(64, 2**21 // K)``: about 2 million
+  values, 8 MiB as float32) with a few temporaries of its size and some per-row vectors;
+* the reader's buffers.  Parquet: a 256 KiB read buffer and about two pages per column,
+  never a whole row group (pyarrow's default would load a row group's column chunks
+  at once); CSV: one block of about 10 bytes per value of a batch; .npz: one block per
+  array (an array saved in Fortran order is the exception: it is read whole);
 * the temperature sample: at most ``max(1024, 2**23 // K)`` rows of K values (2**23
-  values: 32 MiB as float32, 64 MiB as float64);
+  values: 32 MiB as float32, 64 MiB as float64), and about 3 times that while fitting;
 * O(K) per-class and 15 per-bin counters;
-* with ``--group``: the counts of distinct (group, label) pairs -- this one grows with the
-  number of distinct groups, not with n.
+* with ``--group`` only: the counts of the distinct (group, label) pairs, which grow
+  with the number of distinct inputs, not with n.
 
-For 10 million rows x 100 float32 classes in Parquet that is ~20,000-row batches and a
-83,886-row sample: a few hundred MiB in all, the same for 10 or 100 million rows.
+For 10 million rows x 100 float32 classes in Parquet (1M-row row groups) that is
+20,971-row batches and an 83,886-row sample; the measured peak resident memory is about
+0.6 GiB (benchmarks/RESULTS.md) and does not grow with n.
+
+If predictions for rows of the same group differ, ``kl_divergence = cross_entropy -
+entropy`` is still reported, but it is then no longer a divergence and can be negative:
+a group should identify one input, seen with one prediction.
 
 The temperature T minimises the mean of ``-log softmax(log q / T)[label]``.  It is fitted
 exactly on all rows when they fit the sample, otherwise on a uniform random sample
@@ -321,7 +330,8 @@ def _per_class(r: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
 def _print(r: dict[str, Any]) -> None:
     head = (f"{r['n']:,} rows, {r['num_classes']} classes"
             + (f", {r['num_groups']:,} groups" if r["num_groups"] else "")
-            + f" ({r['form']}, {r['format']}); {r['seconds']:.2f} s")
+            + f" ({r['form']}, {r['format']}); {r['seconds']:.2f} s"
+            + (f", {r['rows_per_second']:,} rows/s" if r["rows_per_second"] else ""))
     shown, hidden = _per_class(r)
     try:
         from rich.console import Console
