@@ -33,6 +33,10 @@ def sum_tolerance(dtype: Any, num_classes: int) -> float:
     return (4 + math.log2(max(num_classes, 1))) * eps
 
 
+def _is_empty(x: Any) -> bool:
+    return math.prod(x.shape) == 0  # torch's .size is a method, not a number
+
+
 def _first(mask: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
 
@@ -52,7 +56,7 @@ def _check_finite_entries(xp: Any, x: Any, what: str, *, allow_neg_inf: bool) ->
 
 def probabilities(xp: Any, x: Any, name: str, axis: int) -> None:
     """Finite, non-negative, each row summing to 1 within :func:`sum_tolerance`."""
-    if x.size == 0:
+    if _is_empty(x):
         return
     num_classes = x.shape[axis]
     tol = sum_tolerance(x.dtype, num_classes)
@@ -78,7 +82,7 @@ def probabilities(xp: Any, x: Any, name: str, axis: int) -> None:
 
 def logits(xp: Any, z: Any, name: str, axis: int) -> None:
     """No NaN or +inf; each row has at least one finite entry (-inf masks a class)."""
-    if z.size == 0:
+    if _is_empty(z):
         return
     row_max = xp.max(z, axis=axis)
     ok = xp.all(z < math.inf) & xp.all(row_max > -math.inf)
@@ -95,7 +99,7 @@ def logits(xp: Any, z: Any, name: str, axis: int) -> None:
 
 def log_probabilities(xp: Any, lp: Any, name: str, axis: int) -> None:
     """No NaN or +inf; ``exp`` of each row sums to 1 within :func:`sum_tolerance`."""
-    if lp.size == 0:
+    if _is_empty(lp):
         return
     tol = sum_tolerance(lp.dtype, lp.shape[axis])
     wide = lp if lp.dtype == xp.float64 else xp.astype(lp, xp.float32)
@@ -115,7 +119,7 @@ def log_probabilities(xp: Any, lp: Any, name: str, axis: int) -> None:
 
 def labels(xp: Any, y: Any, name: str, num_classes: int) -> None:
     """Integer class indices in ``[0, num_classes)``."""
-    if y.size == 0:
+    if _is_empty(y):
         return
     bad = (y < 0) | (y >= num_classes)
     if is_concrete_true(~xp.any(bad)):

@@ -92,7 +92,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         values = {args.measure.replace("-", "_"): float(result)}
     if args.json:
-        print(json.dumps({**values, "unit": unit}))
+        # JSON has no infinity: an infinite divergence is written as the string "inf".
+        encoded = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
+        print(json.dumps({**encoded, "unit": unit}, allow_nan=False))
     elif len(values) == 1:
         print(f"{next(iter(values.values())):.10g}")
     else:
