@@ -226,10 +226,27 @@ def rng_from(seed: Any) -> np.random.Generator:
 
 
 def bootstrap(c: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` multinomial resamples of every row: shape (rows, n_boot, K)."""
-    N = c.sum(axis=-1)
-    p = c / N[:, None]
-    return rng.multinomial(N[:, None], p[:, None, :], size=(c.shape[0], n_boot))
+    """``n_boot`` resamples of every row's N samples: shape (rows, n_boot, K).
+
+    A resample is a multinomial draw from the observed frequencies, so only observed
+    cells are drawn: by index sampling when N is below their number, else by a
+    multinomial over them.
+    """
+    n_rows, K = c.shape
+    out = np.zeros((n_rows, n_boot, K), dtype=np.int64)
+    for i in range(n_rows):
+        seen = np.flatnonzero(c[i])
+        n = c[i, seen]
+        N = int(n.sum())
+        if N < seen.size:
+            picks = rng.choice(seen.size, size=(n_boot, N), p=n / N)
+            offsets = (np.arange(n_boot) * seen.size)[:, None]
+            draws = np.bincount((picks + offsets).ravel(), minlength=n_boot * seen.size)
+            draws = draws.reshape(n_boot, seen.size)
+        else:
+            draws = rng.multinomial(N, n / N, size=n_boot)
+        out[i][:, seen] = draws
+    return out
 
 
 def entropy_interval(
