@@ -164,7 +164,9 @@ def entropy(counts: Any, *, method: str = "auto", base: float | None = None) -> 
         {1 - (1 - C \hat p_i)^N}`, coverage :math:`C = 1 - f_1 / N` (:math:`f_1 = N - 1`
         if all samples are singletons): a Horvitz-Thompson sum over coverage-adjusted
         probabilities (Chao & Shen 2003, Environ. Ecol. Stat. 10). Needs no K; small
-        bias down to N near K, low when N is far below K.
+        bias down to N near K, low when N is far below K. With no singletons it is
+        the plug-in estimate, so a well-sampled large alphabet keeps plug-in's
+        :math:`-(K - 1)/2N`.
     ``shrinkage``
         The plug-in entropy of :math:`\lambda / K + (1 - \lambda)\hat p_i` with the
         James-Stein intensity :math:`\lambda = \frac{1 - \sum \hat p_i^2}{(N - 1)
