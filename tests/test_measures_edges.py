@@ -34,8 +34,10 @@ def arr(backend: str, values, dtype: str = "float64"):
     if backend == "torch":
         torch = pytest.importorskip("torch")
         return torch.tensor(np.asarray(values, dtype=np.float64)).to(getattr(torch, dtype))
-    jnp = pytest.importorskip("jax.numpy")
-    return jnp.asarray(np.asarray(values, dtype=np.float64)).astype(dtype)
+    jax = pytest.importorskip("jax")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        dtype = "float32"
+    return jax.numpy.asarray(np.asarray(values, dtype=dtype))
 
 
 def ints(backend: str, values):

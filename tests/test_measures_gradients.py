@@ -44,9 +44,8 @@ PQ_MEASURES = {
     "cross_entropy": ce.cross_entropy,
     "kl_divergence": ce.kl_divergence,
     "js_divergence": ce.js_divergence,
-    # broadcast_tensors: the entropy part can have p's batch shape (see the edges tests).
-    "decompose": lambda p, q, **kw: torch.stack(torch.broadcast_tensors(*ce.decompose(p, q,
-                                                                                      **kw))),
+    # stack: the three parts share the broadcast shape.
+    "decompose": lambda p, q, **kw: torch.stack(list(ce.decompose(p, q, **kw))),
 }
 
 
