@@ -288,6 +288,10 @@ def test_errors_name_the_argument():
             r"must lie in \[0, 6\) or equal ignore_index=-100: found 6 at index \(1,\)",
         ),
         (lambda: LinearCrossEntropyLoss(chunk_size=1.5), ValueError, "chunk_size must"),
+        (lambda: linear_cross_entropy(h, w, y.tolist()), TypeError, "target must be a torch"),
+        (lambda: linear_cross_entropy(h, w, y, bias=y), TypeError, "bias must have a floating"),
+        (lambda: linear_cross_entropy(h, "w", y), TypeError, "weight must be a torch.Tensor"),
+        (lambda: linear_cross_entropy(h, w, y, ignore_index=None), TypeError, "ignore_index"),
     ]
     for call, kind, pattern in cases:
         with pytest.raises(kind, match=pattern):

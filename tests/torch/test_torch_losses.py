@@ -361,6 +361,12 @@ def test_errors_name_the_argument():
         (lambda: entropy_loss(z, mask=torch.ones(3, dtype=torch.bool)), ValueError, "mask must"),
         (lambda: entropy_loss(z, mask=torch.ones(2)), TypeError, "mask must be a boolean"),
         (lambda: CrossEntropyLoss(reduction="x"), ValueError, "reduction must"),
+        (lambda: cross_entropy(z, [0, 1]), TypeError, "target must be a torch.Tensor"),
+        (lambda: cross_entropy(z, y, weight=y), TypeError, "weight must have a floating dtype"),
+        (lambda: cross_entropy(z, y, softcap=True), TypeError, "softcap must be a real number"),
+        (lambda: cross_entropy(z, y, z_loss=None), TypeError, "z_loss must be a real number"),
+        (lambda: entropy_loss(z, reduction=None), ValueError, "reduction must be one of"),
+        (lambda: KLLoss(softcap=-2.0), ValueError, "softcap must"),
     ]
     for call, kind, pattern in cases:
         with pytest.raises(kind, match=pattern):
