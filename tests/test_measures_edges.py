@@ -136,16 +136,35 @@ def test_certain_outcome_has_entropy_positive_zero(backend):
     assert s == 0.0 and not np.signbit(s)
 
 
-def test_numpy_zeros_emit_no_runtime_warnings():
-    p = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]])
-    q = np.array([[0.5, 0.0, 0.5], [0.2, 0.0, 0.8]])
+_QUIET_CASES = {
+    "zeros": (np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]]),
+              np.array([[0.5, 0.0, 0.5], [0.2, 0.0, 0.8]])),
+    "zeros-float32": (np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float32),
+                      np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float32)),
+    "zeros-float16": (np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float16),
+                      np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float16)),
+    "subnormal-q": (np.array([0.5, 0.5]), np.array([1.0, 5e-324])),
+    "subnormal-q-float32": (np.array([0.5, 0.5], np.float32), np.array([1, 1e-45], np.float32)),
+    "masked-logits": (np.array([0.5, 0.5, 0.0]), ce.Logits(np.array([0.0, 0.0, -INF]))),
+    "one-finite-logit": (np.array([1.0, 0.0, 0.0]), ce.Logits(np.array([0.0, -INF, -INF]))),
+    "log-probs-neg-inf": (ce.LogProbs(np.array([0.0, -INF])), ce.LogProbs(np.array([0.0, -INF]))),
+    "labels-vs-zero": (ce.Labels(np.array(1)), np.array([1.0, 0.0])),
+    "huge-logits": (np.array([0.5, 0.5]), ce.Logits(np.array([1e308, -1e308]))),
+}
+
+
+@pytest.mark.parametrize("case", list(_QUIET_CASES))
+def test_numpy_edges_emit_no_runtime_warnings(case):
+    # Edge values are part of the domain: no "invalid value"/"divide by zero" warnings
+    # (which -W error would turn into failures in user code).
+    p, q = _QUIET_CASES[case]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ce.entropy(p)
         ce.cross_entropy(p, q)
         ce.kl_divergence(p, q)
         ce.js_divergence(p, q)
         ce.decompose(p, q)
+        ce.entropy(p)
 
 
 # ----------------------------------------------------------------------------- one class
@@ -318,6 +337,18 @@ def test_labels_with_probabilities_and_logits(backend):
                                [LOG2, math.log(4 / 3)], rtol=max(r, 1e-15))
     # Labels broadcast against a batch of q like the batch shape.
     assert tuple(ce.cross_entropy(ce.Labels(ints(backend, [1])), q).shape) == (2,)
+
+
+def test_labels_broadcast_against_q_batch():
+    # Labels of shape (2, 1) against q of batch shape (3,): the result is (2, 3).
+    q = np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
+    y = np.array([[0], [2]])
+    expected = -np.log(q[:, y[:, 0]]).T  # hand: -log q[j, y_i]
+    for f in (ce.cross_entropy, ce.kl_divergence):
+        np.testing.assert_allclose(f(ce.Labels(y), q), expected, rtol=1e-15)
+    parts = ce.decompose(ce.Labels(y), q, keepdims=True)
+    assert [np.shape(x) for x in parts] == [(2, 3, 1)] * 3
+    assert ce.Decomposition._fields == ("cross_entropy", "entropy", "kl_divergence")
 
 
 def test_labels_are_a_point_mass_matching_one_hot():
