@@ -315,6 +315,8 @@ def test_bad_logits_and_log_probs(tmp_path):
     bad(tmp_path, path, "--form", "logits", match="+inf logit in row 0 (line 2), class 'b'")
     path = write(tmp_path, "lp.csv", "label,a,b\na,-0.1,-0.1\n")
     bad(tmp_path, path, "--form", "log_probs", match="exp(log-probabilities) in row 0")
+    path = write(tmp_path, "lp_inf.csv", "label,a,b\na,0,-inf\nb,inf,0\n")
+    bad(tmp_path, path, "--form", "log-probs", match="+inf log-probability in row 1 (line 3)")
 
 
 def test_bad_files(tmp_path):

@@ -24,6 +24,8 @@ SAMPLE_MIN_ROWS = 1024
 BETA_BOUNDS = (1e-2, 1e2)
 # Probability rows must sum to 1 within this (sklearn's float32 check); --tolerance.
 DEFAULT_TOLERANCE = math.sqrt(float(np.finfo(np.float32).eps))
+# Values per chunk of a batch in the single pass (1 MiB of float32: cache-sized).
+CHUNK_VALUES = 2**18
 
 
 def sample_rows(num_classes: int) -> int:
@@ -238,7 +240,8 @@ class Accumulator:
             if bad.any():
                 row = self._where(bad.any(axis=1))
                 col = int(np.flatnonzero(bad[row])[0])
-                self._fail(f"+inf {what.rstrip('s')} in {{where}}, class {name(col)}", row)
+                one = {"logits": "logit", "log-probabilities": "log-probability"}[what]
+                self._fail(f"+inf {one} in {{where}}, class {name(col)}", row)
         if what == "logits":
             return
         off = ~(np.abs(sums - 1) <= self.tolerance)
@@ -252,6 +255,18 @@ class Accumulator:
     def update(self, values: np.ndarray, labels: np.ndarray, groups: Any = None,
                class_names: list[str] | None = None) -> None:
         """Add a batch: ``values`` (b, K) in the accumulator's form, ``labels`` (b,) int."""
+        if groups is not None:
+            if self.groups is None:
+                self.groups = GroupCounts()
+            self.groups.add(groups, labels)
+        # The checks, argmax and row sums each pass over the values: in chunks that stay
+        # in cache, the passes after the first are cheap.
+        step = max(1, CHUNK_VALUES // max(self.num_classes, 1))
+        for start in range(0, values.shape[0], step):
+            self._update(values[start:start + step], labels[start:start + step], class_names)
+
+    def _update(self, values: np.ndarray, labels: np.ndarray,
+                class_names: list[str] | None) -> None:
         b = values.shape[0]
         if b == 0:
             return
@@ -299,11 +314,9 @@ class Accumulator:
             else:
                 keep = np.flatnonzero(finite)
                 self.reservoir.offer(values[keep], labels[keep])
-        self.infinite += int(b - np.count_nonzero(np.isfinite(loss)))
-        if groups is not None:
-            if self.groups is None:
-                self.groups = GroupCounts()
-            self.groups.add(groups, labels)
+            self.infinite += int(b - np.count_nonzero(finite))
+        else:
+            self.infinite += int(b - np.count_nonzero(np.isfinite(loss)))
         self.n += b
 
     # -- results --------------------------------------------------------------------
