@@ -343,6 +343,22 @@ def test_outputs_never_overwrite_the_input(tmp_path):
     assert proc.returncode == 2 and "name the same file" in proc.stderr
 
 
+def test_tsv_with_numeric_labels(tmp_path):
+    # Labels written as 1.0 / 0.0 name the class columns "1" / "0".
+    path = write(tmp_path, "in.tsv", "label\t0\t1\n1.0\t0.2\t0.8\n0.0\t0.6\t0.4\n")
+    r, _ = report(path, tmp_path=tmp_path)
+    assert r["format"] == "tsv"
+    assert r["cross_entropy"] == pytest.approx(
+        log_loss([1, 0], [[0.2, 0.8], [0.6, 0.4]]), rel=1e-12)
+
+
+def test_missing_output_directory(tmp_path):
+    path = write(tmp_path, "in.csv", GOOD)
+    proc = run(path, "--plot", tmp_path / "nowhere" / "p.png")
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_failed_run_keeps_an_existing_output(tmp_path):
     path = write(tmp_path, "in.csv", "label,a,b\nzebra,0.5,0.5\n")
     out = tmp_path / "old.json"

@@ -148,6 +148,8 @@ def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
         folder = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(folder):
             raise ValueError(f"{flag} {out!r}: no such directory {folder!r}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {out!r}: cannot write to the directory {folder!r}")
     if len({os.path.realpath(o) for o in given.values()}) < len(given):
         raise ValueError("--json and --plot name the same file")
 

@@ -411,6 +411,12 @@ class LabelMap:
         index = self._index.get(_text(value), -1)
         if index < 0 and isinstance(value, float) and not value.is_integer():
             index = self._index.get(str(value), -1)
+        if index < 0 and isinstance(value, str):
+            # "1.0" in a CSV names the class "1".
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)
+                if number.is_integer():
+                    index = self._index.get(str(int(number)), -1)
         self._cache[value] = index
         return index
 
