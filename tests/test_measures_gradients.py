@@ -280,3 +280,24 @@ def test_jax_grad_matches_torch(jax_x64):
         _, gt = _grad(lambda t: f(p, t, validate=False), q)  # noqa: B023
         gj = jax.jit(jax.grad(lambda t: f(pj, t, validate=False).sum()))(qj)  # noqa: B023
         np.testing.assert_allclose(np.asarray(gj), gt.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_gradients_flow_through_keepdims_and_every_decompose_part(keepdims):
+    # _finish/decompose pass results through xp.asarray: that must not detach them.
+    gen = torch.Generator().manual_seed(8)
+    p = _simplex(gen, (3, 5)).requires_grad_(True)
+    z = torch.randn(3, 5, generator=gen, dtype=F64, requires_grad=True)
+    outs = [ce.entropy(p, keepdims=keepdims),
+            ce.cross_entropy(p, ce.Logits(z), keepdims=keepdims),
+            ce.kl_divergence(p, ce.Logits(z), keepdims=keepdims),
+            ce.js_divergence(p, ce.Logits(z), keepdims=keepdims),
+            *ce.decompose(p, ce.Logits(z), keepdims=keepdims)]
+    for i, out in enumerate(outs):
+        assert out.requires_grad, i
+        gp, _ = torch.autograd.grad(out.sum(), (p, z), allow_unused=True, retain_graph=True)
+        assert gp is not None and torch.isfinite(gp).all() and gp.abs().sum() > 0, i
+    # d S / d p_i = -(log p_i + 1) (hand derivation).
+    (gp,) = torch.autograd.grad(ce.decompose(p, ce.Logits(z), keepdims=keepdims)
+                                .entropy.sum(), p)
+    torch.testing.assert_close(gp, -(torch.log(p.detach()) + 1), rtol=1e-14, atol=1e-15)
