@@ -315,6 +315,11 @@ def run_linear(shape, impls, bench, dtype, deadline, ceil) -> list[dict]:
             row["err_loss"] = rel(loss, ref_loss)
             row["err_dx"] = rel(x.grad, ref_dx)
             row["err_dw"] = rel(w.grad, ref_dw)
+            if name.startswith("crossentropy"):
+                from crossentropy.torch._triton import _linear
+
+                mode = _linear._out_dtype(x.device) or ("blocks" if x.is_cuda else "cpu")
+                row["note"] = f"dW float32 accumulation: {mode}"
             row["growth"], row["extra"] = bench.memory(step, [x, w])
             row["ms"] = bench.time_ms(step, [x, w])
             row["TFLOPs"] = 6 * n * d * v / (row["ms"] * 1e-3) / 1e12

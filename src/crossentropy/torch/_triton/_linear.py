@@ -17,8 +17,8 @@ then writes the second part behind it.  Peak memory is 4 bytes per weight elemen
 a plain float32 accumulator, but there is never a float32 and a half-precision ``(V, D)``
 copy at once (6 bytes), and the gradient handed to autograd is not copied.  The products
 accumulate into float32 through cuBLAS (``torch.addmm(..., out_dtype=torch.float32)``);
-where that is unavailable the product of a vocabulary block is formed in the input dtype
-and added in float32, as the CPU path does.
+where that is unavailable the product of a vocabulary block is formed (in float32 if
+``torch.mm`` can, else in the input dtype, as the CPU path does) and added in float32.
 
 ``reduction="none"``: the forward pass computes only the losses and ``backward``
 recomputes the chunks with the per-token upstream gradient (``8 N D V`` FLOPs in all),
@@ -46,7 +46,9 @@ _VOCAB_BLOCK = 8192
 #: First block of the in-place float32 -> half compaction (elements), copied via a buffer.
 _FIRST_BLOCK = 2**20
 
-_OUT_DTYPE_OK: dict[torch.device, bool] = {}
+#: Per device: "addmm" when cuBLAS accumulates half products into a float32 ``out`` in
+#: place, "mm" when only a float32 product is available, "" when neither.
+_OUT_DTYPE: dict[torch.device, str] = {}
 
 
 def default_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype) -> int:
@@ -56,35 +58,47 @@ def default_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype) -> int:
     return max(1, min(size, num_tokens))
 
 
-def _out_dtype_ok(device: torch.device) -> bool:
-    """Does ``torch.addmm(acc32, a16, b16, out_dtype=float32, out=acc32)`` run here?"""
+def _out_dtype(device: torch.device) -> str:
+    """Which float32-output product of half inputs this PyTorch offers on ``device``."""
     if device.type != "cuda":
-        return False
-    if device not in _OUT_DTYPE_OK:
+        return ""
+    if device not in _OUT_DTYPE:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+        acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
+        mode = ""
         try:
-            a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
-            acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
             torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
-            _OUT_DTYPE_OK[device] = True
+            mode = "addmm"
         except (RuntimeError, TypeError):
-            _OUT_DTYPE_OK[device] = False
-    return _OUT_DTYPE_OK[device]
+            try:
+                torch.mm(a, a, out_dtype=torch.float32)
+                mode = "mm"
+            except (RuntimeError, TypeError):
+                pass
+        _OUT_DTYPE[device] = mode
+    return _OUT_DTYPE[device]
 
 
 def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``acc += a @ b`` with half ``a``, ``b`` and a float32 ``acc``."""
     if acc.shape[0] == 0:
         return
-    if _out_dtype_ok(acc.device):
+    mode = _out_dtype(acc.device)
+    if mode == "addmm":
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
         return
     if acc.device.type != "cuda":
         # CPU (the Triton interpreter): exact float32 products; memory does not matter here.
         acc.addmm_(a.float(), b.float())
         return
+    # Older PyTorch: a vocabulary block's product (float32 if it can, else rounded to the
+    # input dtype) added in float32: a small (block, D) buffer, more traffic.
     for v0 in range(0, acc.shape[0], _VOCAB_BLOCK):
         v1 = min(v0 + _VOCAB_BLOCK, acc.shape[0])
-        acc[v0:v1] += torch.mm(a[v0:v1], b)
+        if mode == "mm":
+            acc[v0:v1] += torch.mm(a[v0:v1], b, out_dtype=torch.float32)
+        else:
+            acc[v0:v1] += torch.mm(a[v0:v1], b)
 
 
 def _cast_scale(src: torch.Tensor, dst: torch.Tensor, grad: torch.Tensor) -> None:
