@@ -10,7 +10,8 @@ hidden states ``x`` and the weight ``W``) in bfloat16 at (N, D, V) = (8192, 4096
 (Llama 3 8B head) and (8192, 2304, 256000) (Gemma 2 2B head):
 
 * ``crossentropy``: ``crossentropy.torch._triton.triton_linear_cross_entropy`` (cuBLAS
-  products around the Triton row kernel; ``-c1024``/``-c4096`` force the chunk size);
+  products around the Triton row kernel; ``-cN`` forces a chunk of N tokens;
+  ``-input-dw`` accumulates the weight gradient in bf16 instead of float32);
 * ``unfused``: ``F.cross_entropy(x @ W.T, y)``, PyTorch's plain bf16 path;
 * ``torch-chunked``: ``F.linear_cross_entropy(x, W, y, options=LinearCrossEntropyOptions())``;
 * ``liger`` / ``liger-fp32``: Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` (default,
@@ -45,7 +46,13 @@ import traceback
 SHAPES = [(8192, 4096, 128256), (8192, 2304, 256000)]
 #: The issue's comparison first; then variants (run last, dropped first when time is short).
 IMPLS = ["crossentropy", "unfused", "torch-chunked", "liger", "cce", "cce_exact"]
-EXTRA_IMPLS = ["crossentropy-c1024", "crossentropy-c4096", "liger-fp32"]
+EXTRA_IMPLS = [
+    "crossentropy-c1024",
+    "crossentropy-c2048",
+    "crossentropy-c4096",
+    "crossentropy-input-dw",
+    "liger-fp32",
+]
 DENSE_IMPLS = ["crossentropy", "unfused", "liger"]
 GiB = 2**30
 
@@ -86,7 +93,8 @@ def linear_step(name: str, x, w, y):
         from crossentropy.torch._triton import LinearOptions, triton_linear_cross_entropy
 
         chunk = int(name.split("-c")[1]) if "-c" in name else None
-        opts = LinearOptions(chunk_size=chunk)
+        weight_grad = "input" if name == "crossentropy-input-dw" else "float32"
+        opts = LinearOptions(chunk_size=chunk, weight_grad=weight_grad)
 
         def loss():
             return triton_linear_cross_entropy(x, w, y, None, opts)

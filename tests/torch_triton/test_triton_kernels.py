@@ -397,6 +397,18 @@ def test_linear_half_no_worse_than_pytorch(dtype, monkeypatch):
 
 
 @interp_only
+def test_linear_weight_grad_in_the_input_dtype():
+    h, w, y, b = make_linear((37,), 16, 129, dtype=torch.bfloat16, seed=10)
+    opts = LinearOptions(chunk_size=16, weight_grad="input")
+    got = run_linear(h, w, y, b, opts, torch.ones(()))
+    want = dense_linear_reference(h, w, y, b, opts, torch.ones(()))
+    assert got[2].dtype == torch.bfloat16
+    assert rel(got[2], want[2]) < 2e-2  # three chunks, each rounded to bfloat16 once
+    with pytest.raises(ValueError, match="weight_grad"):
+        triton_linear_cross_entropy(h, w, y, b, LinearOptions(weight_grad="half"))
+
+
+@interp_only
 def test_half_weight_grad_accumulates_in_float32_in_place():
     from crossentropy.torch._triton import _linear
 

@@ -109,6 +109,8 @@ def triton_linear_cross_entropy(
     from . import _linear
 
     options = options or LinearOptions()
+    if options.weight_grad not in ("float32", "input"):
+        raise ValueError(f"weight_grad must be 'float32' or 'input', got {options.weight_grad!r}")
     dim = hidden.shape[-1]
     flat = hidden.reshape(-1, dim)
     if not flat.is_contiguous():

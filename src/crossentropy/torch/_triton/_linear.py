@@ -171,11 +171,13 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
     losses = torch.empty(num_tokens, dtype=compute, device=device)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
     dw = None
+    half_dw = half and opts.weight_grad == "float32"
     if grads and needs[1]:
-        if half:
+        if half_dw:
             dw = _HalfWeightGrad(vocab, dim, dtype, device)
         else:
-            dw = torch.zeros(vocab, dim, dtype=compute, device=device)
+            # float32/float64 weights, or weight_grad="input": the weight's own dtype.
+            dw = torch.zeros(vocab, dim, dtype=dtype, device=device)
     db = torch.zeros(vocab, dtype=compute, device=device) if grads and needs[2] else None
     chunk = opts.chunk_size or default_chunk_size(num_tokens, vocab, dtype)
     rows = min(chunk, num_tokens)
@@ -215,7 +217,7 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
             torch.mm(z, weight, out=dh[start:stop])
         if dw is None:
             continue
-        if half:
+        if half_dw:
             dw.add(z, h)
         else:
             dw.addmm_(z.t(), h)

@@ -36,6 +36,11 @@ class LinearOptions:
     ``chunk_size=None`` picks a number of tokens per chunk from :data:`CHUNK_BUDGET_BYTES`
     (see ``_linear.default_chunk_size``).  ``needs_grad`` is filled in by the entry point
     from grad mode and ``requires_grad``: which of hidden, weight, bias need a gradient.
+
+    ``weight_grad="float32"`` (the default) accumulates a half-precision weight gradient
+    in float32 (4 bytes per weight element at the peak); ``"input"`` accumulates it in the
+    weight's own dtype, each chunk's product rounded once (2 bytes per element, what
+    Liger-Kernel and CCE do by default), for memory-bound runs and for comparison.
     """
 
     ignore_index: int = -100
@@ -45,4 +50,5 @@ class LinearOptions:
     softcap: float | None = None
     chunk_size: int | None = None
     block: int | None = None
+    weight_grad: str = "float32"
     needs_grad: tuple[bool, bool, bool] = (False, False, False)
