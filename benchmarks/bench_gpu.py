@@ -53,7 +53,7 @@ EXTRA_IMPLS = [
     "crossentropy-input-dw",
     "liger-fp32",
 ]
-DENSE_IMPLS = ["crossentropy", "unfused", "liger"]
+DENSE_IMPLS = ["crossentropy", "crossentropy-inplace", "unfused", "liger"]
 GiB = 2**30
 
 
@@ -146,10 +146,11 @@ def dense_step(name: str, logits, y):
     """Forward + backward of a dense cross-entropy over ``logits`` (N, V)."""
     import torch.nn.functional as F
 
-    if name == "crossentropy":
+    if name.startswith("crossentropy"):
         from crossentropy.torch._triton import DenseOptions, triton_cross_entropy
 
-        opts = DenseOptions()
+        # In place, the gradient overwrites the logits, as Liger-Kernel's loss does.
+        opts = DenseOptions(inplace=name.endswith("inplace"))
 
         def loss():
             return triton_cross_entropy(logits, y, None, opts)
