@@ -435,7 +435,7 @@ def test_half_weight_grad_accumulates_in_float32_in_place():
 @pytest.mark.parametrize("kind", TARGETS)
 def test_cuda_cross_entropy_matches_reference(kind):
     logits, target, weight = make((64,), 1000, kind, seed=1, dtype=torch.float32, device="cuda")
-    for name in OPTION_SETS:
+    for name in ("plain", "all"):  # each flag set is a kernel to compile: keep them few
         for reduction in ("mean", "sum", "none"):
             opts = DenseOptions(reduction=reduction, **OPTION_SETS[name])
             compare_dense(logits, target, weight, opts, divergence=False, tol=1e-5)
