@@ -240,7 +240,7 @@ def bootstrap(c: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarra
         seen = np.flatnonzero(c[i])
         n = c[i, seen]
         N = int(n.sum())
-        if N < seen.size:
+        if seen.size > N:
             picks = rng.choice(seen.size, size=(n_boot, N), p=n / N)
             offsets = (np.arange(n_boot) * seen.size)[:, None]
             draws = np.bincount((picks + offsets).ravel(), minlength=n_boot * seen.size)

@@ -84,37 +84,70 @@ def _row_sums(rows: np.ndarray, terms: np.ndarray, n_rows: int) -> np.ndarray:
     return np.bincount(rows, weights=terms, minlength=n_rows)
 
 
+def _per_row_count(
+    f: Callable[..., np.ndarray], c: np.ndarray, *row_params: np.ndarray
+) -> np.ndarray | None:
+    """``f(n, *params)`` for every cell, from a (rows, max count + 1) table of its values.
+
+    None when that table would be larger than the counts themselves.
+    """
+    top = int(c.max())
+    if c.shape[0] * (top + 1) > max(c.size, 1 << 16):
+        return None
+    n = np.arange(top + 1, dtype=np.float64)[None, :]
+    table = f(n, *(p[:, None] for p in row_params))
+    return np.take_along_axis(table, c, axis=1)
+
+
+def _chao_shen_terms(n: np.ndarray, coverage: np.ndarray, N: np.ndarray) -> np.ndarray:
+    pa = coverage * n / N
+    # 1 - (1 - pa)^N, the chance a symbol is seen at all (Horvitz-Thompson weight).
+    # pa = 1: a single symbol, seen for certain. pa > 1 only in table cells for counts
+    # above a row's N, which no cell looks up.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seen = -np.expm1(N * np.log1p(-pa))
+    return np.divide(xlogy(pa, pa), seen, out=np.zeros(np.broadcast(pa, seen).shape), where=n > 0)
+
+
 def chao_shen(c: np.ndarray) -> np.ndarray:
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
-    rows, n = _observed(c)
-    singletons = _row_sums(rows, (n == 1).astype(np.float64), c.shape[0])
+    singletons = np.count_nonzero(c == 1, axis=-1).astype(np.float64)
     # Chao & Shen: when every symbol is a singleton the coverage would be 0; use N - 1.
     singletons = np.where(singletons == N, N - 1, singletons)
     coverage = 1 - singletons / N
-    pa = (coverage / N)[rows] * n
-    # 1 - (1 - pa)^N, the chance a symbol is seen at all (Horvitz-Thompson weight).
-    with np.errstate(divide="ignore"):  # pa = 1: a single symbol, seen for certain
-        seen = -np.expm1(N[rows] * np.log1p(-pa))
-    return -_row_sums(rows, pa * np.log(pa) / seen, c.shape[0])
+    terms = _per_row_count(_chao_shen_terms, c, coverage, N)
+    if terms is not None:
+        return -terms.sum(axis=-1)
+    rows, n = _observed(c)
+    return -_row_sums(rows, _chao_shen_terms(n, coverage[rows], N[rows]), c.shape[0])
+
+
+def _shrinkage_terms(n: np.ndarray, lam: np.ndarray, N: np.ndarray, K: int) -> np.ndarray:
+    p = lam / K + (1 - lam) * (n / N)
+    return xlogy(p, p)
 
 
 def shrinkage(c: np.ndarray) -> np.ndarray:
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
     K = c.shape[-1]
-    rows, n = _observed(c)
-    u = n / N[rows]
-    sum_u2 = _row_sums(rows, u * u, c.shape[0])
+    sum_u2 = np.einsum("ij,ij->i", c, c).astype(np.float64) / N**2
     spread = np.maximum(sum_u2 - 1.0 / K, 0.0)  # sum_k (u_k - 1/K)^2 over all K cells
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = (1 - sum_u2) / ((N - 1) * spread)
     lam = np.where((N == 1) | (spread <= 1e-15 * sum_u2), 1.0, lam)
     lam = np.clip(lam, 0.0, 1.0)
-    p = lam[rows] / K + (1 - lam[rows]) * u
+    terms = _per_row_count(
+        lambda n, weight, total: _shrinkage_terms(n, weight, total, K), c, lam, N
+    )
+    if terms is not None:
+        return -terms.sum(axis=-1)
+    rows, n = _observed(c)
     unseen = K - np.bincount(rows, minlength=c.shape[0])
     # Every unseen cell gets the same lambda / K.
-    return -_row_sums(rows, xlogy(p, p), c.shape[0]) - unseen * xlogy(lam / K, lam / K)
+    seen = _row_sums(rows, _shrinkage_terms(n, lam[rows], N[rows], K), c.shape[0])
+    return -seen - unseen * xlogy(lam / K, lam / K)
 
 
 def zhang(c: np.ndarray) -> np.ndarray:
