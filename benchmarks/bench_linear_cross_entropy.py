@@ -137,8 +137,8 @@ def table(results: list[dict]) -> str:
     rows = [
         "| N, D, V | dtype | impl | runs | time (s) | x unfused | x torch-chunked "
         "| CPU s | CPU x unfused | CPU x torch-chunked "
-        "| GFLOP/s | growth (MiB) | extra (MiB) | extra / unfused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| GFLOP/s | GFLOP/CPU-s | growth (MiB) | extra (MiB) | extra / unfused | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(tuple(r["shape"]), r["dtype"], r["impl"]): r for r in results}
     for r in results:
@@ -154,8 +154,9 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} | {r['time_s']:.2f} "
             f"| {ratio} | {ratio_c} | {r['cpu_s']:.2f} | {cpu} | {cpu_c} "
-            f"| {flops:.0f} | {r['growth_bytes'] / MiB:.0f} "
-            f"| {r['extra_bytes'] / MiB:.0f} | {mem} |"
+            f"| {flops:.0f} | {6 * n * d * v / r['cpu_s'] / 1e9:.0f} "
+            f"| {r['growth_bytes'] / MiB:.0f} | {r['extra_bytes'] / MiB:.0f} | {mem} "
+            f"| {r['load_avg']:.1f} |"
         )
     return "\n".join(rows)
 
@@ -192,8 +193,23 @@ def main() -> None:
             json.dump(results, f, indent=1)
 
 
+def render(paths: list[str]) -> None:
+    """Print the table of results saved by ``--json`` or logged on stderr (JSON lines)."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read().strip()
+        if text.startswith("["):
+            results.extend(json.loads(text))
+        else:
+            results.extend(json.loads(line) for line in text.splitlines() if line)
+    print(table(results))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        render(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--worker":
         impl, n, d, v, dtype, runs, chunk = sys.argv[2:9]
         print(json.dumps(worker(impl, int(n), int(d), int(v), dtype, int(runs), int(chunk))))
     else:
