@@ -317,7 +317,7 @@ def test_kl_logits_matches_torch_kl_div(name, dtype):
            _scale(to_f64(p), torch.softmax(z.to(t64), -1).numpy()))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", ["random", "p-zeros", "tiny", "large-K"])
 @_torch_dtypes()
 def test_entropy_matches_torch_special_entr(name, dtype):
     torch = pytest.importorskip("torch")
@@ -335,15 +335,9 @@ def test_entropy_of_logits_matches_torch_distributions(dtype):
     _check(ce.entropy(ce.Logits(z)), expected, dtype, 10.0)
 
 
-@pytest.mark.parametrize("backend", [
-    pytest.param("numpy", marks=pytest.mark.xfail(
-        strict=True, reason="PRECISION: D(p || q) for nearly equal p, q is off by 9e-5 "
-        "relative (log of the rounded ratio p / q); scipy.special.rel_entr gets 1e-7 "
-        "(log1p((p - q) / q) near 1)")),
-    pytest.param("torch", marks=pytest.mark.xfail(
-        strict=True, reason="PRECISION: D(p || q) for nearly equal p, q is off by 5e-2 "
-        "relative (log p - log q cancels); scipy.special.rel_entr gets 1e-7")),
-])
+# Before log1p((p - q) / q), NumPy was 9e-5 off (log of the rounded ratio) and torch 5e-2
+# (log p - log q cancels); scipy.special.rel_entr gets 1e-7.
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_kl_of_nearly_equal_distributions_is_accurate_relative_to_its_size(backend):
     # KL ~ 5e-15 while H ~ 7: the case that "never CE - S" is about. The terms
     # p log(p/q) must not lose more than their own rounding either.
