@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 import array_api_compat
 import numpy as np
 
-from . import _checks
+from . import _checks, _fastpath
 from ._array import (
     as_array,
     broadcast_shapes,
@@ -64,6 +64,10 @@ class _Distribution:
                  num_classes: int = 0) -> None:
         self.xp, self.form, self.values, self.dtype = xp, form, values, dtype
         self.num_classes = num_classes
+
+    def rows(self, mask: Any) -> _Distribution:
+        """The rows where ``mask`` (batch-shaped, NumPy) is true."""
+        return _Distribution(self.xp, self.form, self.values[mask], self.dtype, self.num_classes)
 
     @cached_property
     def one_hot(self) -> Any:
@@ -121,36 +125,52 @@ def _log_softmax(xp: Any, z: Any) -> Any:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
+def _sum_p_log(kind: _fastpath.Kind, p: _Distribution, q: _Distribution,
+               logs: Callable[[_Distribution, _Distribution], Any]) -> Any:
+    """``sum_i p_i logs(p, q)_i`` over the last axis, where ``logs`` gives ``log p`` (self;
+    ``q`` is then ``p``), ``log q`` (cross) or ``log(p / q)`` (ratio).
+
+    NumPy float64 probabilities go through :mod:`._fastpath`; rows that met ``0 * log 0``
+    there (NaN), or an overflowing ratio (inf), are redone with :func:`_weighted_sum`.
+    """
+    fast = p.form == q.form == "probabilities" and _fastpath.applies(p.values, q.values)
+    if not fast:
+        return _weighted_sum(p.xp, p.prob, logs(p, q))
+    rows = _fastpath.weighted_log_sums(kind, p.values, q.values)
+    redo = ~np.isfinite(rows) if kind == "ratio" else np.isnan(rows)
+    if redo.any():
+        p_redo, q_redo = p.rows(redo), q.rows(redo)
+        rows[redo] = _weighted_sum(np, p_redo.prob, logs(p_redo, q_redo))
+    return rows[()]
+
+
 def _weighted_sum(xp: Any, w: Any, v: Any) -> Any:
     """``sum_i w_i v_i`` over the last axis, taking ``0 * v_i = 0`` for any ``v_i``.
 
-    That is the limit of ``x log x`` and ``x log(x/y)`` at ``x = 0``.  NumPy float64 takes
-    the fast road (one dot product, rows that came out NaN redone); elsewhere the masked
-    form keeps gradients finite and stays traceable, and float32 gets NumPy's pairwise
-    summation (a float32 dot product drifts by 1e-4 over a million terms).
+    That is the limit of ``x log x`` and ``x log(x/y)`` at ``x = 0``.  Only
+    ``0 * (+-inf or NaN)`` is replaced, so gradients stay finite (d/dw at w = 0 is the
+    finite v where there is one) and the expression stays traceable.
     """
-    if _is_numpy(xp) and w.dtype == np.float64 and v.dtype == np.float64:
-        result = np.asarray(np.vecdot(w, v))
-        redo = np.isnan(result)
-        if redo.any():
-            w, v = np.broadcast_arrays(w, v)
-            result[redo] = _masked_weighted_sum(np, w[redo], v[redo])
-        return result[()]
-    return _masked_weighted_sum(xp, w, v)
-
-
-def _masked_weighted_sum(xp: Any, w: Any, v: Any) -> Any:
-    # Only 0 * (+-inf or NaN) is replaced, so d/dw at w = 0 stays the finite v where it is.
     v = xp.where((w == 0) & ~xp.isfinite(v), 0.0, v)
     return xp.sum(w * v, axis=-1)
 
 
 def _log_ratio(p: _Distribution, q: _Distribution) -> Any:
-    """``log p - log q``; on NumPy probabilities one division and one log, in one buffer."""
-    if _is_numpy(p.xp) and p.form == q.form == "probabilities":
-        ratio = np.divide(p.values, q.values)
-        return np.log(ratio, out=ratio)
-    return p.logprob - q.logprob
+    """``log(p / q)``, accurate where ``p`` and ``q`` are close.
+
+    There ``log p - log q`` cancels (D ~ 1e-15 came out 5% off), while
+    ``log1p((p - q) / q)`` keeps every digit: ``p - q`` is exact.  Where either is 0 the
+    limits come from the logs (-inf, +inf, or NaN for 0/0, which the weight 0 masks); the
+    double ``where`` keeps gradients finite.
+    """
+    if not p.form == q.form == "probabilities":
+        return p.logprob - q.logprob
+    xp = p.xp
+    both = (p.values > 0) & (q.values > 0)
+    q_safe = xp.where(both, q.values, 1.0)
+    close = xp.log1p((xp.where(both, p.values, 1.0) - q_safe) / q_safe)
+    # (p - q) / q overflows for subnormal q: the difference of logs is exact enough there.
+    return xp.where(both & xp.isfinite(close), close, p.logprob - q.logprob)
 
 
 def _log_q_at_labels(p: _Distribution, q: _Distribution) -> Any:
@@ -168,29 +188,20 @@ def _kl_rows(p: _Distribution, q: _Distribution) -> Any:
     if p.form == "labels":  # a point mass has entropy 0: D(p || q) = H(p, q) = -log q[y]
         kl = 0.0 - _log_q_at_labels(p, q)
     else:
-        kl = _weighted_sum(xp, p.prob, _log_ratio(p, q))
-    if _is_numpy(xp) and p.form == q.form == "probabilities":
-        # p / q can overflow where q is subnormal; such rows are redone from the logs.
-        kl = np.asarray(kl)
-        redo = np.isinf(kl)
-        if redo.any():
-            pl, ql = np.broadcast_arrays(p.logprob, q.logprob)
-            kl[redo] = _masked_weighted_sum(np, np.broadcast_to(p.prob, pl.shape)[redo],
-                                            pl[redo] - ql[redo])
-        kl = kl[()]
+        kl = _sum_p_log("ratio", p, q, _log_ratio)
     # Rounding can leave a sum of terms a hair below 0; D(p || q) >= 0 (Gibbs).
     return xp.where(kl < 0, 0.0, kl)
 
 
 # 0.0 - x, not -x: a certain outcome has entropy 0.0, not -0.0.
 def _entropy_rows(p: _Distribution) -> Any:
-    return 0.0 - _weighted_sum(p.xp, p.prob, p.logprob)
+    return 0.0 - _sum_p_log("self", p, p, lambda p, _: p.logprob)
 
 
 def _cross_entropy_rows(p: _Distribution, q: _Distribution) -> Any:
     if p.form == "labels":
         return 0.0 - _log_q_at_labels(p, q)
-    return 0.0 - _weighted_sum(p.xp, p.prob, q.logprob)
+    return 0.0 - _sum_p_log("cross", p, q, lambda _, q: q.logprob)
 
 
 # ----------------------------------------------------------------------------- preparation
