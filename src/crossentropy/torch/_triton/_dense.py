@@ -69,22 +69,27 @@ def launch_rows(
     if rows == 0:
         return loss, lse
     has_grad = grad is not None
-    if has_grad and scale is None:
-        scale = torch.ones((), dtype=compute, device=x.device)
+    # Unused pointers (no gradient, no class weights) point at x; the kernel never reads them.
+    g_ptr, g_stride, s_ptr, s_stride = x, 0, loss, 0
+    if grad is not None:
+        if scale is None:
+            scale = torch.ones((), dtype=compute, device=x.device)
+        g_ptr, g_stride = grad, grad.stride(0)
+        s_ptr, s_stride = scale, (scale.stride(0) if scale.ndim else 0)
     bl = _block(num_classes, block)
     num_warps = 4 if bl <= 1024 else (8 if bl <= 4096 else 16)
     _kernels.row_kernel[(rows,)](
         x,
         x.stride(0),
-        grad if has_grad else x,
-        grad.stride(0) if has_grad else 0,
+        g_ptr,
+        g_stride,
         target,
         target.stride(0),
         weight if weight is not None else x,
         loss,
         lse,
-        scale if has_grad else loss,
-        (scale.stride(0) if scale.ndim else 0) if has_grad else 0,
+        s_ptr,
+        s_stride,
         num_classes,
         int(ignore_index),
         float(label_smoothing),

@@ -119,10 +119,13 @@ class _HalfWeightGrad:
         flat = self.final.view(-1)
         self.low = flat[: 2 * self.split * dim].view(torch.float32).view(self.split, dim)
         self.low.zero_()
-        self.high = torch.zeros(vocab - self.split, dim, dtype=torch.float32, device=device)
+        self.high: torch.Tensor | None = torch.zeros(
+            vocab - self.split, dim, dtype=torch.float32, device=device
+        )
 
     def add(self, g: torch.Tensor, h: torch.Tensor) -> None:
         """``dW += g^T h`` for a chunk's gradient ``g`` (n, V) and hidden states ``h``."""
+        assert self.high is not None, "finish() was called"
         _addmm_f32(self.low, g[:, : self.split].t(), h)
         _addmm_f32(self.high, g[:, self.split :].t(), h)
 
@@ -147,10 +150,10 @@ class _HalfWeightGrad:
             _cast_scale(src[a:b], out[a:b], grad)
             a = b
         # The second part lands behind the first, over float32 values already read.
+        assert self.high is not None, "finish() was called twice"
         _cast_scale(self.high.view(-1), out[total:], grad)
         self.high = None
-        final, self.final, self.low = self.final, None, None
-        return final
+        return self.final
 
 
 def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
@@ -170,7 +173,7 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
 
     losses = torch.empty(num_tokens, dtype=compute, device=device)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
-    dw = None
+    dw: _HalfWeightGrad | torch.Tensor | None = None
     half_dw = half and opts.weight_grad == "float32"
     if grads and needs[1]:
         if half_dw:
@@ -217,7 +220,7 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
             torch.mm(z, weight, out=dh[start:stop])
         if dw is None:
             continue
-        if half_dw:
+        if isinstance(dw, _HalfWeightGrad):
             dw.add(z, h)
         else:
             dw.addmm_(z.t(), h)
