@@ -659,7 +659,11 @@ def run_job(world):
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         ctx = mp.start_processes(
-            _worker, args=(world, init_file, tmp), nprocs=world, join=False, start_method=START_METHOD
+            _worker,
+            args=(world, init_file, tmp),
+            nprocs=world,
+            join=False,
+            start_method=START_METHOD,
         )
         crashed = None
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ __all__ = [
 DESCRIPTOR_BYTES = 1024
 
 #: Working memory aimed for by one ``(chunk, V_r)`` compute-dtype block.
-CHUNK_BUDGET_BYTES = 64 * 2**20
+CHUNK_BUDGET_BYTES = 32 * 2**20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -197,8 +198,9 @@ def check_vocab_sizes(value: Any, world: int) -> tuple[int, ...] | None:
         sizes = tuple(value)
     except TypeError:
         raise TypeError(f"vocab_sizes must be a sequence of integers, got {value!r}") from None
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sizes):
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in sizes):
         raise ValueError(f"vocab_sizes must hold non-negative integers, got {list(sizes)}")
+    sizes = tuple(int(s) for s in sizes)
     if len(sizes) != world:
         raise ValueError(
             f"vocab_sizes must have one entry per rank of the group ({world}), got {list(sizes)}"

@@ -18,40 +18,32 @@ smoothing spreads ``eps / C`` over the **global** ``C``, the z-loss uses the glo
 
 Communication budget
 --------------------
-Per call, with ``N`` tokens, ``P`` ranks and ``D`` the hidden size:
+Per call, with ``N`` tokens, ``P`` ranks and ``D`` the hidden size, the collectives are:
 
-=================================  ==========================================  =========
-collective                         payload per rank                            when
-=================================  ==========================================  =========
-``all_gather`` (descriptor)        ``P x 1 KiB``, independent of ``N``         forward,
-                                                                               unless
-                                                                               ``vocab_sizes``
-                                                                               given and
-                                                                               ``validate``
-                                                                               off
-``all_reduce`` MAX                 ``N`` floats: per-token local maxima        forward
-``all_reduce`` SUM                 ``k N`` floats: sum-exp, target logit,      forward
-                                   (+ sum of logits with smoothing,
-                                   + ``w_y`` with class weights;
-                                   soft targets: sum-exp, sum t, sum t z)
-``all_reduce`` SUM                 ``N D`` floats (compute dtype): the hidden  backward,
-                                   gradient                                    fused only
-``all_reduce`` SUM                 ``N`` floats: target row sums               ``validate``
-                                                                               with soft
-                                                                               targets
-=================================  ==========================================  =========
+1. ``all_gather`` of a 1 KiB descriptor per rank (independent of ``N``) -- forward,
+   unless ``vocab_sizes`` is given and ``validate`` is off;
+2. ``all_reduce`` MAX of ``N`` floats, the per-token maxima of the local slices --
+   forward;
+3. ``all_reduce`` SUM of ``k N`` floats, the packed per-token sums: sum-exp and target
+   logit (``k = 2``), plus the sum of the logits with label smoothing and ``w_y`` with
+   class weights (and one scalar, the total class weight, with both); for probability
+   targets sum-exp, ``sum_c t_c`` and ``sum_c t_c z_c`` (``k = 3``) -- forward;
+4. ``all_reduce`` SUM of the ``N x D`` hidden gradient (in float32, float64 for float64
+   inputs) -- backward of the fused loss only;
+5. ``all_reduce`` SUM of ``N`` floats, the target row sums -- only with ``validate=True``
+   and probability targets.
 
 So the forward pass makes at most two collectives whose size grows with ``N`` (``k`` is
 2 to 4), the dense backward makes none (every term of ``dloss/dz_c`` is local once the
 token's ``lse`` is known), and the fused backward adds only the hidden-gradient
 all-reduce.  Nothing of size ``N x C`` is ever communicated.  The floor for the fused
-loss is the hidden gradient (``D`` floats a token) plus one float a token for the
-normaliser; the forward's 2 to 3 floats a token are within a few floats of it.  The tests
-count the collectives.
+loss is the hidden gradient (``D`` floats a token), which every rank holds a partial sum
+of, plus one float a token for the softmax normaliser: ``D + 1``, against the ``D + 3``
+(``D + 4`` with smoothing) sent here.  The tests count the collectives.
 
 Memory: the dense loss saves the caller's logits shard (no copy) and ``O(N)``
 statistics -- never a softmax; backward recomputes ``exp(z - lse)`` straight into the
-gradient buffer.  Temporary compute-dtype blocks are at most 64 MiB (chunks of tokens).
+gradient buffer.  Temporary compute-dtype blocks are about 32 MiB (chunks of tokens).
 The fused loss saves its inputs and ``lse``; it recomputes the logits in backward, one
 chunk at a time, so its FLOPs are ``8 N D C_r`` per rank rather than the single-process
 ``6 N D C`` -- the price of two collectives in all rather than two per chunk.
@@ -566,7 +558,7 @@ def vocab_parallel_linear_cross_entropy(
     ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size
         As in :func:`crossentropy.torch.linear_cross_entropy`; ``chunk_size=None`` fits a
         ``(chunk, C_r)`` float32 block (and, in backward, its tanh with ``softcap``) in
-        64 MiB.
+        32 MiB.
     reduce_hidden_grad : bool
         All-reduce (sum) the hidden gradient over the group in backward, so every rank
         gets the full gradient.  Turn it off when the layer before already reduces it
