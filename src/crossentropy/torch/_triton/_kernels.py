@@ -23,6 +23,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# The reductions of tl.max / tl.sum, named directly: the interpreter runs these two
+# combine functions natively even when Triton was imported before TRITON_INTERPRET was set
+# (tl.max, tl.sum and tl.zeros are then compiled-only functions, so none is used here).
+_MAX = tl.standard._elementwise_max
+_SUM = tl.standard._sum_combine
+
 
 @triton.jit
 def row_kernel(
@@ -94,8 +100,8 @@ def row_kernel(
                 # tanh(u) = 1 - 2 / (exp(2u) + 1): exact at both ends, never NaN.
                 z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
             z = tl.where(mask, z, -float("inf"))
-            m_new = tl.maximum(m, tl.max(z, 0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
+            m_new = tl.maximum(m, tl.reduce(z, 0, _MAX))
+            s = s * tl.exp(m - m_new) + tl.reduce(tl.exp(z - m_new), 0, _SUM)
             m = m_new
             zc = tl.where(mask, z, 0.0)
             if HAS_WEIGHT:
@@ -106,15 +112,15 @@ def row_kernel(
                 t = tl.load(T + row * stride_t + idx, mask=mask, other=0.0).to(ACC)
                 tp = on * t + off
                 wt = tl.where(mask, w * tp, 0.0)
-                sum_wt += tl.sum(wt, 0)
-                sum_wtz += tl.sum(wt * zc, 0)
+                sum_wt += tl.reduce(wt, 0, _SUM)
+                sum_wtz += tl.reduce(wt * zc, 0, _SUM)
                 if DIVERGENCE:
-                    sum_ent += tl.sum(wt * tl.log(tl.where(tp > 0.0, tp, 1.0)), 0)
+                    sum_ent += tl.reduce(wt * tl.log(tl.where(tp > 0.0, tp, 1.0)), 0, _SUM)
             else:
                 if HAS_WEIGHT:
-                    sum_w += tl.sum(w, 0)
+                    sum_w += tl.reduce(w, 0, _SUM)
                 if SMOOTH:
-                    sum_wz += tl.sum(w * zc, 0)
+                    sum_wz += tl.reduce(w * zc, 0, _SUM)
         lse = m + tl.log(s)
 
         if SOFT:
@@ -179,7 +185,7 @@ def row_kernel(
                 g = g * scale
                 tl.store(g_row + idx, g.to(G.dtype.element_ty), mask=mask)
         else:
-            zeros = tl.zeros([BLOCK], dtype=G.dtype.element_ty)
+            zeros = tl.full([BLOCK], 0.0, G.dtype.element_ty)
             for start in range(0, C, BLOCK):
                 idx = start + cols
                 tl.store(g_row + idx, zeros, mask=idx < C)
