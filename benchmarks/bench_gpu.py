@@ -328,7 +328,11 @@ def run_linear(shape, impls, bench, dtype, deadline, ceil) -> list[dict]:
                 from crossentropy.torch._triton import _linear
 
                 mode = _linear._out_dtype(x.device) or ("blocks" if x.is_cuda else "cpu")
-                row["note"] = f"dW float32 accumulation: {mode}"
+                row["note"] = (
+                    "dW accumulated in the input dtype"
+                    if name == "crossentropy-input-dw"
+                    else f"dW float32 accumulation: {mode}"
+                )
             row["growth"], row["extra"] = bench.memory(step, [x, w])
             row["ms"] = bench.time_ms(step, [x, w])
             row["TFLOPs"] = 6 * n * d * v / (row["ms"] * 1e-3) / 1e12
