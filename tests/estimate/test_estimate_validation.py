@@ -110,3 +110,21 @@ def test_paired_sample_arguments(function):
         function([1, 2], [[1], [2]])
     with pytest.raises(ValueError, match="method must be one of"):
         function([1, 2], [1, 2], method="bogus")
+
+
+def test_model_checks():
+    from crossentropy import Logits, LogProbs
+
+    c = np.array([1, 2])
+    with pytest.raises(ValueError, match=r"q \(probabilities\) contain a negative value -0.5"):
+        cross_entropy(c, np.array([1.5, -0.5]))
+    with pytest.raises(ValueError, match=r"q \(probabilities\) contain \+inf at index \(1,\)"):
+        cross_entropy(c, np.array([0.5, np.inf]))
+    with pytest.raises(ValueError, match=r"q does not sum to 1 .* the sum is 0.9 in row \(1,\)"):
+        cross_entropy(c, np.array([[0.5, 0.5], [0.5, 0.4]]))
+    with pytest.raises(ValueError, match=r"q \(logits\) are -inf everywhere in row \(0,\)"):
+        cross_entropy(c, Logits(np.array([[-np.inf, -np.inf]])))
+    with pytest.raises(ValueError, match=r"q \(log-probabilities\) contain NaN"):
+        cross_entropy(c, LogProbs(np.array([np.nan, 0.0])))
+    with pytest.raises(ValueError, match="q does not sum to 1 along its last axis: the sum is 2"):
+        cross_entropy(c, LogProbs(np.array([0.0, 0.0])))

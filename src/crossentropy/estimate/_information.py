@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp, ndtri
 
-from .. import _checks
 from .._forms import Labels, Logits, LogProbs
 from ._counts import Counts
 from ._entropy import (
@@ -23,7 +22,15 @@ from ._entropy import (
 from ._estimators import ESTIMATORS
 from ._nsb import nsb
 from ._result import Estimate
-from ._validate import check_base, check_level, check_method, check_positive_int, count_array
+from ._validate import (
+    check_base,
+    check_labels,
+    check_level,
+    check_method,
+    check_model,
+    check_positive_int,
+    count_array,
+)
 
 __all__ = ["conditional_entropy", "cross_entropy", "kl_divergence", "mutual_information"]
 
@@ -37,9 +44,9 @@ def _log_q(q: Any) -> np.ndarray:
         if values.ndim == 0 or values.shape[-1] == 0:
             raise ValueError("q must have a non-empty class axis")
         if isinstance(q, Logits):
-            _checks.logits(np, values, "q", -1)
+            check_model(values, "logits")
             return values - logsumexp(values, axis=-1, keepdims=True)
-        _checks.log_probabilities(np, values, "q", -1)
+        check_model(values, "log-probabilities")
         return values
     if isinstance(q, Labels):
         raise TypeError("q cannot be Labels: give the model as probabilities, Logits or LogProbs")
@@ -49,7 +56,7 @@ def _log_q(q: Any) -> np.ndarray:
     values = values.astype(np.float64)
     if values.ndim == 0 or values.shape[-1] == 0:
         raise ValueError("q must have a non-empty class axis")
-    _checks.probabilities(np, values, "q", -1)
+    check_model(values, "probabilities")
     with np.errstate(divide="ignore"):
         return np.log(values)
 
@@ -62,7 +69,7 @@ def _class_counts(data: Any, K: int) -> np.ndarray:
             raise TypeError(f"{_NAME} labels must be integers, got dtype {y.dtype}")
         if y.ndim == 0 or y.shape[-1] == 0:
             raise ValueError(f"{_NAME} is empty: there are no samples")
-        _checks.labels(np, y, _NAME, K)
+        check_labels(y, _NAME, K)
         rows = y.reshape(-1, y.shape[-1]).astype(np.int64)
         offsets = (np.arange(rows.shape[0]) * K)[:, None]
         flat = np.bincount((rows + offsets).ravel(), minlength=rows.shape[0] * K)

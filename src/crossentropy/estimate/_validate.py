@@ -12,7 +12,14 @@ import numpy as np
 
 from .._array import check_base
 
-__all__ = ["check_base", "check_level", "check_method", "count_array"]
+__all__ = [
+    "check_base",
+    "check_labels",
+    "check_level",
+    "check_method",
+    "check_model",
+    "count_array",
+]
 
 
 def _first(mask: np.ndarray) -> tuple[int, ...]:
@@ -86,3 +93,58 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _row(index: tuple[int, ...]) -> str:
+    return f" in row {index}" if index else ""
+
+
+def check_model(values: np.ndarray, form: str) -> None:
+    """The model q along the last axis: ``form`` is probabilities, logits or log-probabilities.
+
+    No NaN; no +inf; probabilities non-negative and summing to 1, log-probabilities
+    exponentiating to a sum of 1 (within (4 + log2 K) float32 roundings), logits with a
+    finite entry in every row.
+    """
+    what = f"q ({form})"
+    nan = np.isnan(values)
+    if nan.any():
+        raise ValueError(f"{what} contain NaN at index {_first(nan)}")
+    plus_inf = values == np.inf
+    if plus_inf.any():
+        raise ValueError(f"{what} contain +inf at index {_first(plus_inf)}")
+    K = values.shape[-1]
+    tol = (4 + np.log2(K)) * float(np.finfo(np.float32).eps)
+    if form == "logits":
+        dead = np.all(values == -np.inf, axis=-1)
+        if np.any(dead):
+            raise ValueError(f"{what} are -inf everywhere{_row(_first(np.atleast_1d(dead)))}")
+        return
+    if form == "probabilities":
+        negative = values < 0
+        if negative.any():
+            index = _first(negative)
+            value = values[index].item()
+            raise ValueError(f"{what} contain a negative value {value:g} at index {index}")
+        sums = values.sum(axis=-1)
+    else:
+        sums = np.exp(values).sum(axis=-1)
+    bad = np.abs(sums - 1) > tol
+    if np.any(bad):
+        index = _first(np.atleast_1d(bad))
+        total = np.atleast_1d(sums)[index].item()
+        raise ValueError(
+            f"q does not sum to 1 along its last axis: the sum is {total:.9g}"
+            f"{_row(index) if np.ndim(sums) else ''} (tolerance {tol:.2g})"
+        )
+
+
+def check_labels(y: np.ndarray, name: str, num_classes: int) -> None:
+    """Integer class indices in [0, num_classes)."""
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        index = _first(bad)
+        raise ValueError(
+            f"{name} (labels) must lie in [0, {num_classes}): found {y[index].item()} "
+            f"at index {index}"
+        )
