@@ -158,7 +158,7 @@ def test_json_of_infinite_result_is_valid_json(capsys):
     (["entropy", "0.5,abc"], "p must be comma-separated numbers such as 0.5,0.5; got '0.5,abc'"),
     (["kl", PS, "0.5,,0.5"], "q must be comma-separated numbers"),
     (["entropy", ""], "p must be comma-separated numbers"),
-    (["entropy", "0.5,0.6"], "p does not sum to 1 along axis 0: the sum is 1.1"),
+    (["entropy", "0.5,0.6"], "p does not sum to 1 along axis -1: the sum is 1.1"),
     (["kl", PS, "0.9,0.2"], "q does not sum to 1"),
     (["entropy", "nan,1"], "p (probabilities) contain NaN at index (0,)"),
     (["entropy", "1.5,-0.5"], "p (probabilities) contain a negative value -0.5 at index (1,)"),

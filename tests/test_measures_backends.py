@@ -193,7 +193,7 @@ def test_jax_jit_with_validation_on_does_not_fail(jax):
 
 def test_jax_validation_eager(jax):
     jnp = jax.numpy
-    with pytest.raises(ValueError, match=r"p does not sum to 1 along axis 1: the sum is "
+    with pytest.raises(ValueError, match=r"p does not sum to 1 along axis -1: the sum is "
                                          r"1\.10000002 in row \(1,\)"):
         ce.entropy(jnp.asarray([[0.5, 0.5], [0.2, 0.9]]))
 

@@ -67,16 +67,17 @@ def test_negative_probabilities(f):
 @pytest.mark.parametrize("f", ALL, ids=lambda f: f.__name__)
 def test_rows_not_summing_to_one(f):
     p = np.array([[0.5, 0.5], [0.5, 0.5], [0.3, 0.3], [2.0, 2.0]])
-    message = ("p does not sum to 1 along axis 1: the sum is 0.6 in row (2,) (tolerance "
+    message = ("p does not sum to 1 along axis -1: the sum is 0.6 in row (2,) (tolerance "
                "6e-07); normalise it, or pass Logits/LogProbs")
     with pytest.raises(ValueError, match=esc(message)):
         call(f, p)
 
 
 def test_not_normalised_message_names_q_and_the_batch_index():
+    # The message names the axis as the caller wrote it.
     q = np.full((2, 3, 2), 0.5)
     q[1, 2] = [0.75, 0.75]
-    with pytest.raises(ValueError, match=esc("q does not sum to 1 along axis 2: the sum is "
+    with pytest.raises(ValueError, match=esc("q does not sum to 1 along axis -1: the sum is "
                                              "1.5 in row (1, 2)")):
         ce.kl_divergence(np.full((2, 3, 2), 0.5), q)
     # Along axis 0 the row index is the position among the other axes.
@@ -87,7 +88,7 @@ def test_not_normalised_message_names_q_and_the_batch_index():
 
 
 def test_single_distribution_not_normalised_has_no_row():
-    with pytest.raises(ValueError, match=r"p does not sum to 1 along axis 0: the sum is 2 "
+    with pytest.raises(ValueError, match=r"p does not sum to 1 along axis -1: the sum is 2 "
                                          r"\(tolerance"):
         ce.entropy([1.0, 1.0])
 
@@ -284,7 +285,7 @@ def test_logits_plus_inf(f):
 @pytest.mark.parametrize("f", MEASURES_PQ, ids=lambda f: f.__name__)
 def test_logits_all_neg_inf_row(f):
     z = np.array([[0.0, 1.0], [-INF, -INF]])
-    with pytest.raises(ValueError, match=esc("q (logits) are -inf everywhere along axis 1 in "
+    with pytest.raises(ValueError, match=esc("q (logits) are -inf everywhere along axis -1 in "
                                              "row (1,): a distribution needs at least one "
                                              "possible class")):
         f(U, ce.Logits(z))
@@ -301,7 +302,7 @@ def test_logits_all_neg_inf_torch():
 def test_log_probs_not_normalised(f):
     lp = np.array([[math.log(0.5), math.log(0.5)], [0.0, 0.0]])
     with pytest.raises(ValueError, match=esc("q (log-probabilities) are not normalised along "
-                                             "axis 1: exp sums to 2 in row (1,) (tolerance "
+                                             "axis -1: exp sums to 2 in row (1,) (tolerance "
                                              "6e-07); pass Logits for unnormalised scores")):
         f(U, ce.LogProbs(lp))
 

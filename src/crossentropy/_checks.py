@@ -1,5 +1,8 @@
 """Data checks behind ``validate=True``: one helper per kind of input.
 
+``axis`` is the event axis of the array checked; ``shown_axis`` is the one the caller
+wrote, for the message.
+
 Each helper runs one cheap combined test (a min and a sum, reduced to one flag, so one
 host synchronisation) and only when it fails looks for the first offending entry to name
 it in the message.
@@ -54,7 +57,7 @@ def _check_finite_entries(xp: Any, x: Any, what: str, *, allow_neg_inf: bool) ->
         raise ValueError(f"{what} contain {sign} at index {_first(bad)}")
 
 
-def probabilities(xp: Any, x: Any, name: str, axis: int) -> None:
+def probabilities(xp: Any, x: Any, name: str, axis: int, shown_axis: int) -> None:
     """Finite, non-negative, each row summing to 1 within :func:`sum_tolerance`."""
     if _is_empty(x):
         return
@@ -75,12 +78,12 @@ def probabilities(xp: Any, x: Any, name: str, axis: int) -> None:
     index = _first(bad)
     value = float(to_numpy(sums)[index])
     raise ValueError(
-        f"{name} does not sum to 1 along axis {axis}: the sum is {value:.9g}{_row(index)} "
+        f"{name} does not sum to 1 along axis {shown_axis}: the sum is {value:.9g}{_row(index)} "
         f"(tolerance {tol:.2g}); normalise it, or pass Logits/LogProbs"
     )
 
 
-def logits(xp: Any, z: Any, name: str, axis: int) -> None:
+def logits(xp: Any, z: Any, name: str, axis: int, shown_axis: int) -> None:
     """No NaN or +inf; each row has at least one finite entry (-inf masks a class)."""
     if _is_empty(z):
         return
@@ -92,12 +95,12 @@ def logits(xp: Any, z: Any, name: str, axis: int) -> None:
     _check_finite_entries(xp, z, what, allow_neg_inf=True)
     index = _first(row_max == -math.inf)
     raise ValueError(
-        f"{what} are -inf everywhere along axis {axis}{_row(index)}: "
+        f"{what} are -inf everywhere along axis {shown_axis}{_row(index)}: "
         "a distribution needs at least one possible class"
     )
 
 
-def log_probabilities(xp: Any, lp: Any, name: str, axis: int) -> None:
+def log_probabilities(xp: Any, lp: Any, name: str, axis: int, shown_axis: int) -> None:
     """No NaN or +inf; ``exp`` of each row sums to 1 within :func:`sum_tolerance`."""
     if _is_empty(lp):
         return
@@ -112,7 +115,7 @@ def log_probabilities(xp: Any, lp: Any, name: str, axis: int) -> None:
     index = _first(xp.abs(sums - 1) > tol)
     value = float(to_numpy(sums)[index])
     raise ValueError(
-        f"{what} are not normalised along axis {axis}: exp sums to {value:.9g}"
+        f"{what} are not normalised along axis {shown_axis}: exp sums to {value:.9g}"
         f"{_row(index)} (tolerance {tol:.2g}); pass Logits for unnormalised scores"
     )
 

@@ -293,7 +293,7 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
                 if num_classes:
                     _checks.labels(xp, x, name, num_classes)
             else:
-                check[forms[name]](xp, x, name, own_axis[name])
+                check[forms[name]](xp, x, name, own_axis[name], axis)
 
     floats = [x for n, x in arrays.items() if forms[n] != "labels"]
     dtype = compute_dtype(xp, *floats) if floats else xp.float64
@@ -309,10 +309,12 @@ def _finish(prep: _Prepared, rows: Any, base: float | None, keepdims: bool) -> A
     xp = prep.xp
     if base is not None:
         rows = rows / base
+    if _is_numpy(xp):
+        rows = np.asarray(rows)
     if keepdims:
-        rows = xp.expand_dims(xp.asarray(rows), axis=prep.axis)
+        rows = xp.expand_dims(rows, axis=prep.axis)
     # NumPy's own reductions give scalars for 0-d results; so do we.
-    return np.asarray(rows)[()] if _is_numpy(xp) else rows
+    return rows[()] if _is_numpy(xp) else rows
 
 
 # ----------------------------------------------------------------------------- public API
@@ -559,7 +561,7 @@ def decompose(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     dp, dq = prep.dists
     kl_rows = _kl_rows(dp, dq)
     # S(p) has p's batch shape; the three parts share the broadcast one.
-    entropy_rows = prep.xp.broadcast_to(prep.xp.asarray(_entropy_rows(dp)), kl_rows.shape)
+    entropy_rows = prep.xp.broadcast_to(_entropy_rows(dp), kl_rows.shape)
     s = _finish(prep, entropy_rows, log_base, keepdims)
     d = _finish(prep, kl_rows, log_base, keepdims)
     return Decomposition(s + d, s, d)

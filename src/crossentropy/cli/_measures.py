@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.measure != "entropy":
         operands.append(_wrap(parse_numbers(args.q, "q"), args.q_form))
     result = function(*operands, base=args.base)
-    unit = "nats" if args.base is None else ("bits" if args.base == 2 else f"base {args.base:g}")
+    unit = {None: "nats", math.e: "nats", 2.0: "bits"}.get(args.base) or f"base {args.base:g}"
     if args.measure == "decompose":
         values = {k: float(v) for k, v in result._asdict().items()}
     else:
