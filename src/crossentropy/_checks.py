@@ -1,7 +1,7 @@
 """Data checks behind ``validate=True``: one helper per kind of input.
 
 ``axis`` is the event axis of the array checked; ``shown_axis`` is the one the caller
-wrote, for the message.
+wrote, for the message (``axis`` itself by default).
 
 Each helper runs one cheap combined test (a min and a sum, reduced to one flag, so one
 host synchronisation) and only when it fails looks for the first offending entry to name
@@ -44,6 +44,10 @@ def _first(mask: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
 
 
+def _shown(axis: int, shown_axis: int | None) -> int:
+    return axis if shown_axis is None else shown_axis
+
+
 def _row(index: tuple[int, ...]) -> str:
     return f" in row {index}" if index else ""
 
@@ -57,7 +61,8 @@ def _check_finite_entries(xp: Any, x: Any, what: str, *, allow_neg_inf: bool) ->
         raise ValueError(f"{what} contain {sign} at index {_first(bad)}")
 
 
-def probabilities(xp: Any, x: Any, name: str, axis: int, shown_axis: int) -> None:
+def probabilities(xp: Any, x: Any, name: str, axis: int,
+                  shown_axis: int | None = None) -> None:
     """Finite, non-negative, each row summing to 1 within :func:`sum_tolerance`."""
     if _is_empty(x):
         return
@@ -78,12 +83,13 @@ def probabilities(xp: Any, x: Any, name: str, axis: int, shown_axis: int) -> Non
     index = _first(bad)
     value = float(to_numpy(sums)[index])
     raise ValueError(
-        f"{name} does not sum to 1 along axis {shown_axis}: the sum is {value:.9g}{_row(index)} "
-        f"(tolerance {tol:.2g}); normalise it, or pass Logits/LogProbs"
+        f"{name} does not sum to 1 along axis {_shown(axis, shown_axis)}: "
+        f"the sum is {value:.9g}{_row(index)} (tolerance {tol:.2g}); normalise it, or pass Logits/LogProbs"
     )
 
 
-def logits(xp: Any, z: Any, name: str, axis: int, shown_axis: int) -> None:
+def logits(xp: Any, z: Any, name: str, axis: int,
+           shown_axis: int | None = None) -> None:
     """No NaN or +inf; each row has at least one finite entry (-inf masks a class)."""
     if _is_empty(z):
         return
@@ -95,12 +101,13 @@ def logits(xp: Any, z: Any, name: str, axis: int, shown_axis: int) -> None:
     _check_finite_entries(xp, z, what, allow_neg_inf=True)
     index = _first(row_max == -math.inf)
     raise ValueError(
-        f"{what} are -inf everywhere along axis {shown_axis}{_row(index)}: "
+        f"{what} are -inf everywhere along axis {_shown(axis, shown_axis)}{_row(index)}: "
         "a distribution needs at least one possible class"
     )
 
 
-def log_probabilities(xp: Any, lp: Any, name: str, axis: int, shown_axis: int) -> None:
+def log_probabilities(xp: Any, lp: Any, name: str, axis: int,
+                      shown_axis: int | None = None) -> None:
     """No NaN or +inf; ``exp`` of each row sums to 1 within :func:`sum_tolerance`."""
     if _is_empty(lp):
         return
@@ -115,7 +122,7 @@ def log_probabilities(xp: Any, lp: Any, name: str, axis: int, shown_axis: int) -
     index = _first(xp.abs(sums - 1) > tol)
     value = float(to_numpy(sums)[index])
     raise ValueError(
-        f"{what} are not normalised along axis {shown_axis}: exp sums to {value:.9g}"
+        f"{what} are not normalised along axis {_shown(axis, shown_axis)}: exp sums to {value:.9g}"
         f"{_row(index)} (tolerance {tol:.2g}); pass Logits for unnormalised scores"
     )
 
