@@ -84,7 +84,8 @@ def probabilities(xp: Any, x: Any, name: str, axis: int,
     value = float(to_numpy(sums)[index])
     raise ValueError(
         f"{name} does not sum to 1 along axis {_shown(axis, shown_axis)}: "
-        f"the sum is {value:.9g}{_row(index)} (tolerance {tol:.2g}); normalise it, or pass Logits/LogProbs"
+        f"the sum is {value:.9g}{_row(index)} (tolerance {tol:.2g}); "
+        "normalise it, or pass Logits/LogProbs"
     )
 
 
