@@ -208,3 +208,25 @@ def entropy_interval_for_equality(c, seed):
     from crossentropy.estimate import entropy_interval
 
     return entropy_interval(c, method="jackknife", n_boot=20, seed=seed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_alphabet_size_beyond_the_listed_counts(method):
+    # The bootstrap lists only observed cells and passes K; it must match the padded row.
+    from crossentropy.estimate._estimators import ESTIMATORS
+
+    listed = np.array([[5, 3, 1, 0], [2, 2, 0, 0]])
+    padded = np.pad(listed, ((0, 0), (0, 6)))
+    np.testing.assert_allclose(
+        ESTIMATORS[method](listed, K=10), entropy(padded, method=method).value, rtol=1e-12
+    )
+
+
+def test_bootstrap_blocks_do_not_change_the_interval(monkeypatch):
+    from crossentropy.estimate import _entropy, entropy_interval
+
+    c = np.random.default_rng(0).multinomial(3000, np.full(500, 1 / 500))
+    whole = entropy_interval(c, method="shrinkage", n_boot=50, seed=1)
+    monkeypatch.setattr(_entropy, "_BOOT_BUDGET", 4000)  # one row no longer fits a block
+    blocked = entropy_interval(c, method="shrinkage", n_boot=50, seed=1)
+    assert blocked.std_error == pytest.approx(whole.std_error, rel=1e-12)

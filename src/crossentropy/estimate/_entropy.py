@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -227,27 +228,68 @@ def rng_from(seed: Any) -> np.random.Generator:
         raise ValueError(f"seed must be None, an integer or a numpy Generator: {error}") from None
 
 
-def bootstrap(c: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` resamples of every row's N samples: shape (rows, n_boot, K).
+# Elements per block of resampled counts (int64): 64 MiB.
+_BOOT_BUDGET = 1 << 23
 
-    A resample is a multinomial draw from the observed frequencies, so only observed
-    cells are drawn: by index sampling when N is below their number, else by a
-    multinomial over them.
+
+def _resample(rng: np.random.Generator, n: np.ndarray, size: int) -> np.ndarray:
+    """``size`` resamples of the observed counts ``n``: shape (size, len(n))."""
+    N = int(n.sum())
+    if n.size > N:  # index sampling: O(N) per resample instead of O(len(n))
+        picks = rng.choice(n.size, size=(size, N), p=n / N)
+        offsets = (np.arange(size) * n.size)[:, None]
+        draws = np.bincount((picks + offsets).ravel(), minlength=size * n.size)
+        return draws.reshape(size, n.size)
+    return rng.multinomial(N, n / N, size=size)
+
+
+def replicate(
+    c: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    statistic: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``statistic`` on ``n_boot`` bootstrap resamples of every row: shape (rows, n_boot).
+
+    A resample draws the row's N samples with replacement, so only its observed cells can
+    be non-zero; resamples are laid out over those cells plus one zero column, in blocks
+    of at most ``_BOOT_BUDGET`` counts. ``statistic(draws, columns, row)`` gets the
+    resampled counts (m, width), the original column of each (m, width) and the row each
+    resample came from (m,).
     """
-    n_rows, K = c.shape
-    out = np.zeros((n_rows, n_boot, K), dtype=np.int64)
-    for i in range(n_rows):
-        seen = np.flatnonzero(c[i])
-        n = c[i, seen]
-        N = int(n.sum())
-        if seen.size > N:
-            picks = rng.choice(seen.size, size=(n_boot, N), p=n / N)
-            offsets = (np.arange(n_boot) * seen.size)[:, None]
-            draws = np.bincount((picks + offsets).ravel(), minlength=n_boot * seen.size)
-            draws = draws.reshape(n_boot, seen.size)
-        else:
-            draws = rng.multinomial(N, n / N, size=n_boot)
-        out[i][:, seen] = draws
+    n_rows = c.shape[0]
+    width = int(np.count_nonzero(c, axis=1).max()) + 1
+    out = np.empty((n_rows, n_boot))
+    step = max(1, _BOOT_BUDGET // (n_boot * width))
+    per_block = max(1, _BOOT_BUDGET // width)
+    for start in range(0, n_rows, step):
+        rows = np.arange(start, min(n_rows, start + step))
+        columns = np.zeros((rows.size, width), dtype=np.int64)  # pad: a zero-count cell
+        seen_counts = []
+        for j, row in enumerate(rows):
+            seen = np.flatnonzero(c[row])
+            columns[j, : seen.size] = seen
+            seen_counts.append(c[row, seen])
+        if n_boot * width <= _BOOT_BUDGET or rows.size > 1:
+            draws = np.zeros((rows.size, n_boot, width), dtype=np.int64)
+            for j, n in enumerate(seen_counts):
+                draws[j, :, : n.size] = _resample(rng, n, n_boot)
+            values = statistic(
+                draws.reshape(-1, width),
+                np.repeat(columns, n_boot, axis=0),
+                np.repeat(rows, n_boot),
+            )
+            out[rows] = values.reshape(rows.size, n_boot)
+            continue
+        # One row too large for a block: resample it a block at a time.
+        n = seen_counts[0]
+        for first in range(0, n_boot, per_block):
+            size = min(per_block, n_boot - first)
+            draws = np.zeros((size, width), dtype=np.int64)
+            draws[:, : n.size] = _resample(rng, n, size)
+            out[rows[0], first : first + size] = statistic(
+                draws, np.repeat(columns, size, axis=0), np.full(size, rows[0])
+            )
     return out
 
 
@@ -334,15 +376,14 @@ def entropy_interval(
             high[rows] = np.minimum(value[rows] + z * std[rows], math.log(K))
             continue
         estimator = ESTIMATORS[str(name)]
-        # Resample a few rows at a time: (rows, n_boot, K) integers.
-        step = max(1, (1 << 23) // (n_boot * K))
-        for start in range(0, rows.size, step):
-            chunk = rows[start : start + step]
-            draws = bootstrap(c[chunk], n_boot, rng)
-            replicas = estimator(draws.reshape(-1, K)).reshape(chunk.size, n_boot)
-            spread[chunk] = replicas.std(axis=1, ddof=1) if n_boot > 1 else 0.0
-            low[chunk] = np.maximum(value[chunk] - z * spread[chunk], 0.0)
-            high[chunk] = np.maximum(value[chunk] + z * spread[chunk], low[chunk])
+
+        def statistic(draws: np.ndarray, columns: Any, row: Any, f: Any = estimator) -> Any:
+            return f(draws, K=K)
+
+        replicas = replicate(c[rows], n_boot, rng, statistic)
+        spread[rows] = replicas.std(axis=1, ddof=1) if n_boot > 1 else 0.0
+        low[rows] = np.maximum(value[rows] - z * spread[rows], 0.0)
+        high[rows] = np.maximum(value[rows] + z * spread[rows], low[rows])
     scale = 1.0 if log_base is None else 1.0 / log_base
     return Estimate(
         value=_shape(value * scale, batch),

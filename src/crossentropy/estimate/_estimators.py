@@ -128,10 +128,10 @@ def _shrinkage_terms(n: np.ndarray, lam: np.ndarray, N: np.ndarray, K: int) -> n
     return xlogy(p, p)
 
 
-def shrinkage(c: np.ndarray) -> np.ndarray:
+def shrinkage(c: np.ndarray, K: int | None = None) -> np.ndarray:
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
-    K = c.shape[-1]
+    K = c.shape[-1] if K is None else K
     sum_u2 = np.einsum("ij,ij->i", c, c).astype(np.float64) / N**2
     spread = np.maximum(sum_u2 - 1.0 / K, 0.0)  # sum_k (u_k - 1/K)^2 over all K cells
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -142,7 +142,9 @@ def shrinkage(c: np.ndarray) -> np.ndarray:
         lambda n, weight, total: _shrinkage_terms(n, weight, total, K), c, lam, N
     )
     if terms is not None:
-        return -terms.sum(axis=-1)
+        # Cells beyond the width (an alphabet larger than the counts listed) are unseen.
+        beyond = (K - c.shape[-1]) * xlogy(lam / K, lam / K)
+        return -terms.sum(axis=-1) - beyond
     rows, n = _observed(c)
     unseen = K - np.bincount(rows, minlength=c.shape[0])
     # Every unseen cell gets the same lambda / K.
@@ -158,17 +160,27 @@ def zhang(c: np.ndarray) -> np.ndarray:
     return psi(N) - n_psi.sum(axis=-1) / N
 
 
-def nsb_mean(c: np.ndarray) -> np.ndarray:
-    return nsb(c)[0]
+def nsb_mean(c: np.ndarray, K: int | None = None) -> np.ndarray:
+    return nsb(c, K)[0]
 
 
-ESTIMATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "plugin": plugin,
-    "miller_madow": miller_madow,
-    "jackknife": jackknife,
-    "grassberger": grassberger,
-    "chao_shen": chao_shen,
+def _ignores_K(f: Callable[[np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    def estimator(c: np.ndarray, K: int | None = None) -> np.ndarray:
+        return f(c)
+
+    return estimator
+
+
+# Each maps counts (rows, width) to nats per row. K, when given, is the alphabet size for
+# counts that list only some of the zero cells (the bootstrap draws observed cells only);
+# only shrinkage and NSB depend on it.
+ESTIMATORS: dict[str, Callable[..., np.ndarray]] = {
+    "plugin": _ignores_K(plugin),
+    "miller_madow": _ignores_K(miller_madow),
+    "jackknife": _ignores_K(jackknife),
+    "grassberger": _ignores_K(grassberger),
+    "chao_shen": _ignores_K(chao_shen),
     "shrinkage": shrinkage,
     "nsb": nsb_mean,
-    "zhang": zhang,
+    "zhang": _ignores_K(zhang),
 }

@@ -13,14 +13,13 @@ from ._entropy import (
     _ALLOWED,
     _method_out,
     _shape,
-    bootstrap,
     choose,
     estimate_rows,
+    replicate,
     resolve,
     rng_from,
 )
 from ._estimators import ESTIMATORS
-from ._nsb import nsb
 from ._result import Estimate
 from ._validate import (
     check_base,
@@ -247,24 +246,19 @@ def kl_divergence(
     entropy_value, _ = estimate_rows(c, names)
     value = held - entropy_value
     z = float(ndtri((1 + level) / 2))
-    spread = np.empty_like(value)
-    step = max(1, (1 << 22) // (n_boot * K))
-    for start in range(0, c.shape[0], step):
-        rows = slice(start, start + step)
-        draws = bootstrap(c[rows], n_boot, rng)
-        n_rows = draws.shape[0]
-        flat = draws.reshape(-1, K)
-        boot_held, _ = _held_out(flat, np.repeat(log_q[rows], n_boot, axis=0))
-        boot_names = np.repeat(names[rows], n_boot)
-        boot_entropy = np.empty(flat.shape[0])
-        for name in np.unique(boot_names):
-            pick = boot_names == name
-            estimator = (lambda x: nsb(x)[0]) if name == "nsb" else ESTIMATORS[str(name)]
-            boot_entropy[pick] = estimator(flat[pick])
-        replicas = (boot_held - boot_entropy).reshape(n_rows, n_boot)
-        with np.errstate(invalid="ignore"):
-            spread[rows] = replicas.std(axis=1, ddof=min(1, n_boot - 1))
-        spread[rows] = np.where(np.isfinite(value[rows]), spread[rows], np.inf)
+
+    def statistic(draws: np.ndarray, columns: np.ndarray, row: np.ndarray) -> np.ndarray:
+        held_out, _ = _held_out(draws, log_q[row[:, None], columns])
+        entropy_value = np.empty(draws.shape[0])
+        for name in np.unique(names[row]):
+            pick = names[row] == name
+            entropy_value[pick] = ESTIMATORS[str(name)](draws[pick], K=K)
+        return held_out - entropy_value
+
+    replicas = replicate(c, n_boot, rng, statistic)
+    with np.errstate(invalid="ignore"):
+        spread = replicas.std(axis=1, ddof=min(1, n_boot - 1))
+    spread = np.where(np.isfinite(value), spread, np.inf)
     low = value - z * spread
     high = value + z * spread
     scale = 1.0 if log_base is None else 1.0 / log_base

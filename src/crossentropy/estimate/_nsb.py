@@ -216,15 +216,23 @@ def _histogram(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _compact(rows, ordered[rows, cols], ends - cols, n_rows)
 
 
-def nsb(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nsb(c: np.ndarray, K: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """NSB posterior mean and standard deviation (nats) of every row of counts ``c``.
 
-    ``c`` is an int64 array of shape (rows, K); K, the alphabet size, is its width.
+    ``c`` is an int64 array of shape (rows, width). K, the alphabet size, is the width
+    unless given: then the cells beyond the width are zeros.
     """
-    n_rows, K = c.shape
+    n_rows, width = c.shape
+    K = width if K is None else K
     if K == 1:  # one possible symbol: the entropy is 0, and the prior is a point
         return np.zeros(n_rows), np.zeros(n_rows)
+    extra = K - width
+    if extra > 0:  # a zero column gives every row an entry for the count 0
+        c = np.pad(c, ((0, 0), (0, 1)))
+        extra -= 1
     values, hist = _histogram(c)
+    if extra > 0:
+        hist[(values == 0) & (hist > 0)] += extra
     mean = np.empty(n_rows)
     std = np.empty(n_rows)
     size = max(1, _BUDGET // (_UNIFORM.size * values.shape[1]))
