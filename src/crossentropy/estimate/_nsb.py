@@ -25,7 +25,7 @@ __all__ = ["nsb", "trigamma"]
 _COARSE = np.polynomial.legendre.leggauss(24)[0]
 _UNIFORM = np.linspace(0.0, 1.0, 97)
 _U_RANGE = (-50.0, 50.0)  # log(K beta): far past where any posterior has mass
-_PASSES = 6
+_PASSES = 5
 _DROP = 36.0  # nodes whose log integrand is this far below the peak carry no weight
 _BUDGET = 1 << 21  # elements per (rows, nodes, distinct counts) temporary
 
