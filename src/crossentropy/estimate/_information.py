@@ -207,7 +207,8 @@ def kl_divergence(
     level : float, default 0.95
         Coverage of the interval.
     n_boot : int, default 1000
-        Bootstrap resamples for the interval.
+        Bootstrap resamples for the interval. Each resample runs the entropy estimator
+        again: with ``nsb`` (about 2 ms a row) lower it for large batches.
     seed : int, numpy.random.Generator or None
         Seeds the bootstrap; the same seed gives the same interval.
 
