@@ -35,18 +35,31 @@ def _totals(c: np.ndarray) -> np.ndarray:
 
 
 def plugin(c: np.ndarray) -> np.ndarray:
+    """Plug-in (maximum likelihood): log N - (1/N) sum n log n.
+
+    The entropy of the observed frequencies; biased low, by about (K - 1)/2N nats when
+    well sampled and by far more when N is below K.
+    """
     N = _totals(c)
     # Rounding can leave log N - N log N / N a hair below 0 for a single symbol.
     return np.maximum(np.log(N) - _per_count(_nlogn, c).sum(axis=-1) / N, 0.0)
 
 
 def miller_madow(c: np.ndarray) -> np.ndarray:
+    """Miller-Madow (Miller 1955): plug-in + (m - 1)/2N, m the observed symbols.
+
+    Removes the first-order bias; still low when many symbols are unseen (m < K).
+    """
     N = _totals(c)
     observed = np.count_nonzero(c, axis=-1)
     return plugin(c) + (observed - 1) / (2 * N)
 
 
 def jackknife(c: np.ndarray) -> np.ndarray:
+    """Delete-one jackknife (Zahl 1977): N H - (N - 1)/N sum_j H_(-j), in closed form.
+
+    Cancels the 1/N bias term; low when much of the mass is unseen. 0 for N = 1.
+    """
     N = _totals(c)
     nlogn = _per_count(_nlogn, c)
     S = nlogn.sum(axis=-1)
@@ -69,6 +82,11 @@ def _grassberger_nG(n: np.ndarray) -> np.ndarray:
 
 
 def grassberger(c: np.ndarray) -> np.ndarray:
+    """Grassberger (2003, eq. 35): log N - (1/N) sum n G(n),
+    G(n) = psi(n) + (-1)^n / 2 (psi((n + 1)/2) - psi(n/2)).
+
+    Less biased than Miller-Madow for small counts; still low when mass is unseen.
+    """
     N = _totals(c)
     return np.log(N) - _per_count(_grassberger_nG, c).sum(axis=-1) / N
 
@@ -110,6 +128,11 @@ def _chao_shen_terms(n: np.ndarray, coverage: np.ndarray, N: np.ndarray) -> np.n
 
 
 def chao_shen(c: np.ndarray) -> np.ndarray:
+    """Chao-Shen (2003): -sum C p log(C p) / (1 - (1 - C p)^N), coverage C = 1 - f1/N.
+
+    Horvitz-Thompson over coverage-adjusted frequencies; needs no K. Small bias down to
+    N near K; with no singletons it is the plug-in estimate (and keeps its bias).
+    """
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
     singletons = np.count_nonzero(c == 1, axis=-1).astype(np.float64)
@@ -129,6 +152,12 @@ def _shrinkage_terms(n: np.ndarray, lam: np.ndarray, N: np.ndarray, K: int) -> n
 
 
 def shrinkage(c: np.ndarray, K: int | None = None) -> np.ndarray:
+    """James-Stein shrinkage (Hausser & Strimmer 2009) towards the uniform 1/K.
+
+    Plug-in entropy of lambda/K + (1 - lambda) n/N, lambda = (1 - sum u^2) /
+    ((N - 1) sum (1/K - u)^2) clipped to [0, 1]. Biased towards log K: excellent for
+    near-uniform truths, poor for skewed ones.
+    """
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
     K = c.shape[-1] if K is None else K
@@ -153,6 +182,10 @@ def shrinkage(c: np.ndarray, K: int | None = None) -> np.ndarray:
 
 
 def zhang(c: np.ndarray) -> np.ndarray:
+    """Zhang (2012): sum_v (1/v) Z_v, computed as psi(N) - (1/N) sum n psi(n).
+
+    Bias decays exponentially in N for fixed K; low when much of the mass is unseen.
+    """
     # Zhang's (2012) series sum_{v=1}^{N-n} (1/v) prod_{j=1}^{v} (1 - (n - 1)/(N - j))
     # equals psi(N) - psi(n) (Schurmann 2015), which is summed here in closed form.
     N = _totals(c)
@@ -161,6 +194,7 @@ def zhang(c: np.ndarray) -> np.ndarray:
 
 
 def nsb_mean(c: np.ndarray, K: int | None = None) -> np.ndarray:
+    """NSB (Nemenman, Shafee & Bialek 2002) posterior mean; see :mod:`._nsb`."""
     return nsb(c, K)[0]
 
 
