@@ -225,6 +225,25 @@ def dense_targets_absent_from_a_slice(rank, world):
 
 
 @check
+def empty_batch_and_token_count(rank, world):
+    sizes = SPLITS[world][0]
+    a, b = bounds(sizes, rank)
+    shard = torch.zeros(0, b - a, dtype=F64, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.long)
+    out = vocab_parallel_cross_entropy(shard, empty)
+    out.backward()
+    assert out.item() == 0.0 and shard.grad.shape == shard.shape
+    none = vocab_parallel_cross_entropy(shard.detach(), empty, reduction="none")
+    assert none.shape == (0,)
+    # Class indices count when not ignored; probability rows always count.
+    labels = torch.tensor([[1, -100, 2], [-100, -100, 0]])
+    probs = torch.full((4, 3), 1 / 3, dtype=F64)
+    count = global_token_count([labels, probs, empty])
+    assert count.dtype == F64 and count.item() == world * (3 + 4)
+    assert global_token_count(labels, ignore_index=0).item() == world * 5
+
+
+@check
 def smoothing_and_z_loss_use_the_global_vocabulary(rank, world):
     # Hand value: uniform logits over C classes give log C whatever the smoothing, and the
     # z-loss adds lam * (log C)^2 -- with the local C_r either would be visibly wrong.
@@ -583,6 +602,12 @@ def errors_are_raised_on_every_rank(rank, world):
         vocab_parallel_linear_cross_entropy(h, w, target)
 
     same_error_everywhere(wrong_weight, "on rank 0 of the group: weight_shard must have shape")
+
+    # normalize_by only replaces the divisor of 'mean'.
+    def normalize_with_sum():
+        vocab_parallel_cross_entropy(shard, target, reduction="sum", normalize_by=3.0)
+
+    same_error_everywhere(normalize_with_sum, "normalize_by replaces the divisor")
 
     # The group still works after all of that.
     close(vocab_parallel_cross_entropy(shard, target), cross_entropy(logits, target), "after")
