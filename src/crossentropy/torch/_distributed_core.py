@@ -9,7 +9,7 @@ Everything that is the same for the dense and the fused loss lives here:
 * :func:`combine` -- the forward pass's only two ``O(tokens)`` collectives: an
   ``all_reduce`` MAX of the per-token local maxima and an ``all_reduce`` SUM of the packed
   per-token statistics.
-* :func:`label_stats`, :func:`label_loss`, :func:`label_grad` -- the per-chunk statistics
+* :func:`label_stats`, :func:`label_loss`, :func:`label_grad_` -- the per-chunk statistics
   of one ``(n, V_r)`` block of (soft-capped) logits, the per-token loss from the combined
   statistics, and the gradient of one block, in place.
 
@@ -48,7 +48,7 @@ __all__ = [
     "chunk_rows",
     "combine",
     "compute_dtype",
-    "label_grad",
+    "label_grad_",
     "label_loss",
     "label_stats",
 ]
@@ -350,6 +350,3 @@ def label_grad_(
         else:
             z.sub_(off.unsqueeze(1) * class_weight.unsqueeze(0))
     return z
-
-
-label_grad = label_grad_
