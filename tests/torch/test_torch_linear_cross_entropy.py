@@ -150,15 +150,20 @@ def test_chunk_size_independence_and_determinism(reduction):
 
 
 def test_default_chunk_size_follows_budget():
-    # Hand arithmetic: 64 MiB / (V * 4 bytes), rounded down to a multiple of 16.
+    # Hand arithmetic: max(64 MiB / (V * bytes per logit), min(D / 2, 512 MiB / ...)),
+    # rounded down to a multiple of 16.
+    size = _chunked.default_chunk_size
     assert _chunked.CHUNK_BUDGET_BYTES == 64 * 2**20
-    assert _chunked.default_chunk_size(10**6, 128256, torch.float32, False) == 128
-    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, False) == 512
-    assert _chunked.default_chunk_size(10**6, 32768, torch.float32, True) == 256
-    assert _chunked.default_chunk_size(10**6, 32768, torch.bfloat16, False) == 336
-    assert _chunked.default_chunk_size(10**6, 32768, torch.float64, False) == 256
-    assert _chunked.default_chunk_size(100, 32768, torch.float32, False) == 100
-    assert _chunked.default_chunk_size(10**6, 10**9, torch.float32, False) == 16
+    assert size(10**6, 32768, 512, torch.float32, False) == 512  # 64 MiB rule
+    assert size(10**6, 128256, 1024, torch.float32, False) == 512  # D / 2 rule
+    assert size(10**6, 32768, 2048, torch.float32, False) == 1024  # D / 2 rule
+    assert size(10**6, 128256, 64, torch.float32, False) == 128  # 64 MiB rule
+    assert size(10**6, 32768, 64, torch.float32, True) == 256  # two blocks with softcap
+    assert size(10**6, 32768, 64, torch.bfloat16, False) == 336  # 4 + 2 bytes per logit
+    assert size(10**6, 32768, 64, torch.float64, False) == 256
+    assert size(10**6, 128256, 16384, torch.float32, False) == 1040  # 512 MiB cap
+    assert size(100, 32768, 512, torch.float32, False) == 100
+    assert size(10**6, 10**9, 8, torch.float32, False) == 16
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

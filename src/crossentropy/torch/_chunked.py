@@ -29,10 +29,14 @@ import dataclasses
 
 import torch
 
-__all__ = ["CHUNK_BUDGET_BYTES", "Options", "apply", "default_chunk_size"]
+__all__ = ["CHUNK_BUDGET_BYTES", "CHUNK_CAP_BYTES", "Options", "apply", "default_chunk_size"]
 
-#: Working memory the automatic ``chunk_size`` aims for: the float32 (chunk, V) block(s).
+#: Working memory the automatic ``chunk_size`` always allows: the (chunk, V) block(s).
 CHUNK_BUDGET_BYTES = 64 * 2**20
+
+#: Upper bound on that working memory when the hidden size asks for more (see
+#: :func:`default_chunk_size`).
+CHUNK_CAP_BYTES = 512 * 2**20
 
 #: Vocabulary rows per block when accumulating a half-precision weight gradient in float32.
 _VOCAB_BLOCK = 4096
@@ -56,19 +60,27 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def default_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype, softcap: bool) -> int:
-    """Tokens per chunk so the chunk's working set fits :data:`CHUNK_BUDGET_BYTES`.
+def default_chunk_size(
+    num_tokens: int, vocab: int, dim: int, dtype: torch.dtype, softcap: bool
+) -> int:
+    """Tokens per chunk: the larger of what fits :data:`CHUNK_BUDGET_BYTES` and ``dim / 2``.
 
     Per token the chunk holds a row of logits in the compute dtype (two with ``softcap``,
-    whose derivative needs ``tanh`` kept), and for half inputs the half-precision logits and
-    gradient rows too.  The result is a multiple of 16 (at least 16), at most
-    ``num_tokens``.
+    whose derivative needs ``tanh`` kept), and for half inputs the half-precision row too.
+    The float32 weight gradient (``V x D``) is read and written once per chunk, so a chunk
+    of ``n`` tokens moves ``8 V D`` bytes for ``6 n V D`` FLOPs; ``n >= D / 2`` keeps that
+    traffic small, and makes the block at most half the size of the weight gradient that
+    must exist anyway.  That second rule is capped at :data:`CHUNK_CAP_BYTES`.  The result
+    is a multiple of 16 (at least 16), at most ``num_tokens``.
     """
     compute = _compute_dtype(dtype)
     row = vocab * compute.itemsize * (2 if softcap else 1)
     if compute != dtype:
         row += vocab * dtype.itemsize
-    size = max(16, (CHUNK_BUDGET_BYTES // max(row, 1)) // 16 * 16)
+    row = max(row, 1)
+    by_budget = CHUNK_BUDGET_BYTES // row
+    by_dim = min(dim // 2, CHUNK_CAP_BYTES // row)
+    size = max(16, max(by_budget, by_dim) // 16 * 16)
     return max(1, min(size, num_tokens))
 
 

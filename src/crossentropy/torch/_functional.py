@@ -246,12 +246,15 @@ def linear_cross_entropy(
     ignore_index, reduction, label_smoothing, z_loss, softcap, validate
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
     chunk_size : int, optional
-        Tokens per chunk.  ``None`` picks the largest multiple of 16 whose working set --
+        Tokens per chunk.  ``None`` takes the larger of (a) the tokens whose working set --
         the chunk's float32 logits (twice with ``softcap``; plus the half-precision logits
-        for half inputs) -- fits 64 MiB: 128 tokens at ``V = 128256`` and 512 at
-        ``V = 32768`` in float32.  The weight gradient is read and written once per
-        chunk, so larger chunks trade memory for a little speed at large ``V``.
-        The result does not depend on it beyond float rounding, and is deterministic.
+        for half inputs) -- fits 64 MiB and (b) ``D / 2`` tokens, capped at 512 MiB of
+        working set.  The float32 weight gradient is read and written once per chunk, so
+        (b) keeps that memory traffic small next to the chunk's matrix products; it makes
+        the working set at most half the size of the weight gradient.  In float32: 512
+        tokens at ``(D, V) = (512, 32768)`` (64 MiB), 512 at ``(1024, 128256)``
+        (250 MiB), 1024 at ``(2048, 32768)`` (128 MiB).  The result does not depend on
+        the chunk size beyond float rounding, and is deterministic.
 
     Returns
     -------
@@ -318,7 +321,9 @@ def linear_cross_entropy(
     flat = hidden.reshape(-1, dim).contiguous()
     labels = target.reshape(-1).long()
     if chunk is None:
-        chunk = _chunked.default_chunk_size(flat.shape[0], vocab, hidden.dtype, cap is not None)
+        chunk = _chunked.default_chunk_size(
+            flat.shape[0], vocab, dim, hidden.dtype, cap is not None
+        )
     enabled = torch.is_grad_enabled()
     opts = _chunked.Options(
         ignore_index=ignore,
