@@ -471,8 +471,8 @@ def kl_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     Examples
     --------
     >>> import crossentropy as ce
-    >>> float(ce.kl_divergence([0.5, 0.5], [0.9, 0.1], base=2))
-    0.7369655941662062
+    >>> float(ce.kl_divergence([0.5, 0.5], [0.9, 0.1], base=2))  # doctest: +NUMBER
+    0.736965594166
     >>> float(ce.kl_divergence([1.0, 0.0], [0.5, 0.5]))  # log 2
     0.6931471805599453
     """

@@ -46,9 +46,9 @@ TIMEOUT_S = 20
 #: The full grids of options run on 2 ranks; 3 ranks (on 2 cores in CI) run every other case.
 STRIDE = {2: 1, 3: 2}
 JOB_TIMEOUT_S = 150
-#: "fork" reuses the parent's imported torch (seconds saved per process); each worker sets
-#: one intra-op thread before any work, so no OpenMP pool is used across the fork.
-START_METHOD = os.environ.get("VP_START_METHOD", "fork")
+#: "spawn": a fork would copy whatever threads the pytest process holds (JAX's, from other
+#: test modules), which can deadlock the children; "fork" is faster when run alone.
+START_METHOD = os.environ.get("VP_START_METHOD", "spawn")
 
 
 # --------------------------------------------------------------------------- helpers
