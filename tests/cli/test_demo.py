@@ -62,6 +62,15 @@ def test_loss_descends_to_the_data_entropy(text_run):
     assert result["held_out"][-1] > last["cross_entropy"]
 
 
+def test_the_truths_entropy_is_estimated_above_the_samples(text_run):
+    # Bias-corrected estimators (Miller-Madow, NSB, ...) sit above the plug-in S(D).
+    result, _ = text_run
+    truth = result["entropy_truth"]
+    assert truth["low"] < truth["value"] < truth["high"]
+    assert truth["value"] > result["entropy_data"]
+    assert truth["method"]
+
+
 def test_entropy_of_the_data_matches_an_independent_count(text_run):
     # H(next | previous) of the training text, counted with collections.Counter.
     result, _ = text_run

@@ -166,6 +166,27 @@ class _Run:
         self.optimizer.step()
 
 
+def truth_entropy(split: Split, seed: int) -> dict[str, Any] | None:
+    """The truth's H(y | x) estimated from the split's counts, with a 95% interval, in nats.
+
+    S(D) is the plug-in entropy of the sample, biased low; each context's entropy is
+    estimated bias-corrected (``method="auto"``) and the contexts are combined with their
+    weights, their bootstrap standard errors in quadrature.
+    """
+    if split.counts is None:
+        return None
+    from ..estimate import entropy_interval
+
+    seen = split.weights > 0
+    rows = entropy_interval(split.counts[seen], seed=seed, n_boot=200)
+    weights = split.weights[seen]
+    value = float(weights @ np.asarray(rows.value))
+    error = float(np.sqrt(weights**2 @ np.asarray(rows.std_error) ** 2))
+    methods = sorted(set(np.atleast_1d(rows.method).tolist()))
+    return {"value": value, "low": value - 1.96 * error, "high": value + 1.96 * error,
+            "method": "+".join(methods)}
+
+
 def _in_base(result: dict[str, Any], log_base: float) -> dict[str, Any]:
     def scale(entry: dict[str, float]) -> dict[str, float]:
         return {k: (v if k == "step" else v / log_base) for k, v in entry.items()}
@@ -175,6 +196,9 @@ def _in_base(result: dict[str, Any], log_base: float) -> dict[str, Any]:
         "history": [scale(e) for e in result["history"]],
         "history_kl": [scale(e) for e in result["history_kl"]],
         "held_out": [v / log_base for v in result["held_out"]],
+        "entropy_truth": None if result.get("entropy_truth") is None else {
+            k: (v / log_base if isinstance(v, float) else v)
+            for k, v in result["entropy_truth"].items()},
     }
 
 
@@ -205,10 +229,19 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
     residual = max(_identity_residual(result["history"]),
                    _identity_residual(result["history_kl"]))
     held = result["held_out"][-1]
-    return [
+    truth = result.get("entropy_truth")
+    floor = [
         f"Data: {data.description}.",
         f"The data's entropy S(D) = {s:.4f} {unit} per {data.unit}: no model can do better "
         "on these data, so it is the floor of the loss.",
+    ]
+    if truth is not None:
+        floor.append(
+            f"S(D) is the entropy of a sample, biased low; the truth's, estimated "
+            f"({truth['method']}), is {truth['value']:.4f} {unit} "
+            f"(95% interval {truth['low']:.4f} to {truth['high']:.4f}): P(D) is not P(truth).")
+    return [
+        *floor,
         f"Trained on cross-entropy, the loss fell from {first['cross_entropy']:.4f} to "
         f"{last['cross_entropy']:.4f} {unit} and the KL divergence from "
         f"{first['kl_divergence']:.4f} to {last['kl_divergence']:.2e}: the loss descends to "
@@ -257,6 +290,10 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     ax.plot(steps, [e["entropy"] for e in result["history"]], color="C2", lw=2,
             label="S(D) = H - D: the floor")
     ax.plot(steps, result["held_out"], color="C3", lw=1.5, label="held-out loss")
+    truth = result.get("entropy_truth")
+    if truth is not None:
+        ax.axhspan(truth["low"], truth["high"], color="C2", alpha=0.2,
+                   label="S(truth), estimated: 95% interval")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("step")
     ax.set_ylabel(unit)
@@ -293,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("training twice (on H and on D)", total=args.steps + 1)
         result = train(data, steps=args.steps, seed=args.seed,
                        progress=lambda step: bar.update(task, completed=step + 1))
+    result["entropy_truth"] = truth_entropy(data.train, args.seed)
     result = _in_base(result, log_base)
     result = {
         "dataset": data.name,

@@ -29,11 +29,16 @@ ALPHABET = " .abcdefghijklmnopqrstuvwxyz"
 
 @dataclass(frozen=True)
 class Split:
-    """Rows of a data set: inputs (n, d), P(D)(y | x) (n, K), row weights (n,) summing to 1."""
+    """Rows of a data set: inputs (n, d), P(D)(y | x) (n, K), row weights (n,) summing to 1.
+
+    ``counts`` (n, K), where the rows come from counting samples, lets the demo estimate
+    the truth's entropy beside the data's.
+    """
 
     inputs: np.ndarray
     targets: np.ndarray
     weights: np.ndarray
+    counts: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def _bigram_split(paragraphs: list[str]) -> Split:
     seen = counts.sum(axis=1)
     # An unseen context has weight 0; give it a uniform row so every row is a distribution.
     targets = np.where(seen[:, None] > 0, counts / np.maximum(seen, 1)[:, None], 1.0 / k)
-    return Split(np.eye(k), targets, seen / seen.sum())
+    return Split(np.eye(k), targets, seen / seen.sum(), counts)
 
 
 def text(held_out_every: int = 5) -> DataSet:
