@@ -309,9 +309,9 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     ax2.set_xscale("symlog", linthresh=1)
     ax2.set_xlabel("step")
     ax2.set_ylabel("H - D - S, in units of rounding of S(D)")
-    ax2.set_title("the identity H = D + S holds at every step, to rounding")
-    ax2.text(0.02, 0.04, "largest parameter difference between the two runs: "
-             f"{result['max_parameter_difference']:.1e}", transform=ax2.transAxes, fontsize=9)
+    ax2.set_title("the identity H = D + S holds at every step, to rounding\n"
+                  "largest parameter difference between the two runs: "
+                  f"{result['max_parameter_difference']:.1e}", fontsize=10)
     ax2.legend(fontsize=8, loc="upper right")
     _write_atomically(path, lambda name: fig.savefig(name, dpi=110, format="png"))
     plt.close(fig)
