@@ -28,6 +28,13 @@ KEYS = {"n", "num_classes", "cross_entropy", "entropy", "kl_divergence", "label_
 NAMES = ["cat", "dog", "eel", "fox"]
 
 
+
+def strict_json(text: str) -> dict:
+    """json.loads that rejects the non-standard NaN/Infinity tokens."""
+    def reject(token: str):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=reject)
+
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "crossentropy.cli", "report", *map(str, args)],
                           capture_output=True, text=True, timeout=120, cwd=cwd)
@@ -44,7 +51,7 @@ def report(path, *args, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert digest(path) == before, "the input file was written to"
-    return json.loads(out.read_text()), proc
+    return strict_json(out.read_text()), proc
 
 
 def ece_direct(conf, correct, bins=15):
@@ -152,7 +159,7 @@ def test_sampled_temperature_fit(monkeypatch, tmp_path, data, capsys):
     monkeypatch.setattr(_report_stats, "SAMPLE_MIN_ROWS", 10)
     out = tmp_path / "r.json"
     assert main(["report", str(path), "--json", str(out), "--batch-size", "37"]) == 0
-    r = json.loads(out.read_text())
+    r = strict_json(out.read_text())
     assert not r["temperature_exact"] and r["temperature_rows"] == 100
     assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
     assert r["cross_entropy_calibrated"] <= r["cross_entropy"]
@@ -205,7 +212,13 @@ def test_group_entropy_by_hand(tmp_path):
     assert r["entropy"] == pytest.approx(S_NATS, rel=1e-12)
     assert r["cross_entropy"] == pytest.approx(S_NATS, rel=1e-12)
     assert r["kl_divergence"] == pytest.approx(0, abs=1e-12)
+    # Beside the sample's S(D), the truth's H(label | input), bias-corrected per input
+    # (crossentropy.estimate), which sits above the plug-in value.
+    truth = r["entropy_truth"]
+    assert truth["low"] <= truth["value"] <= truth["high"] and truth["level"] == 0.95
+    assert truth["value"] > S_NATS and truth["method"]
     bits, _ = report(path, "--group", "input", "--base", 2, tmp_path=tmp_path)
+    assert bits["entropy_truth"]["value"] == pytest.approx(truth["value"] / math.log(2))
     assert bits["entropy"] == pytest.approx((14 - 3 * math.log2(3)) / 11, rel=1e-12)
     assert bits["unit"] == "bits" and bits["base"] == 2
     # A uniform model: H = ln 3 for every row, and KL = ln 3 - S(D).
@@ -232,9 +245,10 @@ def test_zero_probability_label_is_infinite_not_a_crash(tmp_path):
     df.to_csv(path, index=False)
     png = tmp_path / "zero.png"
     r, proc = report(path, "--plot", png, tmp_path=tmp_path)
-    assert r["cross_entropy"] == math.inf and r["infinite_loss_rows"] == 1
-    assert r["cross_entropy_calibrated"] == math.inf
-    assert r["per_class"][0]["mean_loss"] == math.inf
+    # Strict JSON has no infinity: it is written as the string "inf".
+    assert r["cross_entropy"] == "inf" and r["infinite_loss_rows"] == 1
+    assert r["cross_entropy_calibrated"] == "inf"
+    assert r["per_class"][0]["mean_loss"] == "inf"
     assert "+inf" in proc.stdout
     assert png.exists()
 

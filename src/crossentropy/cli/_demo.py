@@ -25,6 +25,7 @@ from .. import _measures
 from .._array import check_base
 from .._forms import Logits
 from ._demo_data import DATASETS, DataSet, Split
+from ._floor import truth_entropy
 
 _DEFAULT_STEPS = 300
 
@@ -166,27 +167,6 @@ class _Run:
         self.optimizer.step()
 
 
-def truth_entropy(split: Split, seed: int) -> dict[str, Any] | None:
-    """The truth's H(y | x) estimated from the split's counts, with a 95% interval, in nats.
-
-    S(D) is the plug-in entropy of the sample, biased low; each context's entropy is
-    estimated bias-corrected (``method="auto"``) and the contexts are combined with their
-    weights, their bootstrap standard errors in quadrature.
-    """
-    if split.counts is None:
-        return None
-    from ..estimate import entropy_interval
-
-    seen = split.weights > 0
-    rows = entropy_interval(split.counts[seen], seed=seed, n_boot=200)
-    weights = split.weights[seen]
-    value = float(weights @ np.asarray(rows.value))
-    error = float(np.sqrt(weights**2 @ np.asarray(rows.std_error) ** 2))
-    methods = sorted(set(np.atleast_1d(rows.method).tolist()))
-    return {"value": value, "low": value - 1.96 * error, "high": value + 1.96 * error,
-            "method": "+".join(methods)}
-
-
 def _in_base(result: dict[str, Any], log_base: float) -> dict[str, Any]:
     def scale(entry: dict[str, float]) -> dict[str, float]:
         return {k: (v if k == "step" else v / log_base) for k, v in entry.items()}
@@ -197,7 +177,7 @@ def _in_base(result: dict[str, Any], log_base: float) -> dict[str, Any]:
         "history_kl": [scale(e) for e in result["history_kl"]],
         "held_out": [v / log_base for v in result["held_out"]],
         "entropy_truth": None if result.get("entropy_truth") is None else {
-            k: (v / log_base if isinstance(v, float) else v)
+            k: (v / log_base if k in ("value", "low", "high") else v)
             for k, v in result["entropy_truth"].items()},
     }
 
@@ -330,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("training twice (on H and on D)", total=args.steps + 1)
         result = train(data, steps=args.steps, seed=args.seed,
                        progress=lambda step: bar.update(task, completed=step + 1))
-    result["entropy_truth"] = truth_entropy(data.train, args.seed)
+    counts = data.train.counts
+    result["entropy_truth"] = None if counts is None else truth_entropy(counts, seed=args.seed)
     result = _in_base(result, log_base)
     result = {
         "dataset": data.name,

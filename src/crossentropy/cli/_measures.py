@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 
 from .. import _measures
 from .._forms import Labels, Logits, LogProbs
+from . import _jsonio
 
 _FORMS = {"probs": None, "logits": Logits, "log-probs": LogProbs}
 
@@ -92,9 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         values = {args.measure.replace("-", "_"): float(result)}
     if args.json:
-        # JSON has no infinity: an infinite divergence is written as the string "inf".
-        encoded = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
-        print(json.dumps({**encoded, "unit": unit}, allow_nan=False))
+        print(_jsonio.dumps({**values, "unit": unit}))
     elif len(values) == 1:
         print(f"{next(iter(values.values())):.10g}")
     else:

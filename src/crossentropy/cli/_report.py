@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -62,6 +61,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import _jsonio
 from ._measures import _base
 from ._report_read import LabelMap, default_batch_rows, open_source
 from ._report_stats import DEFAULT_TOLERANCE, Accumulator
@@ -250,6 +250,9 @@ def _assemble(args: argparse.Namespace, source: Any, stats: dict[str, Any],
                 "cross_entropy_calibrated", "miscalibration"):
         value = float(stats[key])
         report[key] = value / scale if key in _NATS_KEYS else value
+    truth = stats["entropy_truth"]
+    report["entropy_truth"] = None if truth is None else {
+        k: (v / scale if k in ("value", "low", "high") else v) for k, v in truth.items()}
     report.update(
         temperature_exact=bool(stats["temperature_exact"]),
         temperature_rows=int(stats["temperature_rows"]),
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     report = compute(args)
     _print(report)
     if args.json:
-        text = json.dumps(report, indent=2) + "\n"
+        text = _jsonio.dumps(report, indent=2) + "\n"
         write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
     if args.plot:
         from ._report_plot import save_plot
@@ -305,6 +308,7 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("  entropy S(D)", f"{_fmt(r['entropy'])} {u}",
          "irreducible: the labels' entropy given the input"
          + ("" if r["num_groups"] else " (0: every input unique)")),
+        *_truth_row(r),
         ("  KL divergence", f"{_fmt(r['kl_divergence'])} {u}",
          "reducible: H - S(D) = D(P(D) || model)"),
         ("    miscalibration", f"{_fmt(r['miscalibration'])} {u}",
@@ -318,6 +322,15 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("temperature T", _fmt(r["temperature"], 4), f"fitted {fit}"),
         ("H calibrated", f"{_fmt(r['cross_entropy_calibrated'])} {u}", "the loss at T"),
     ]
+
+
+def _truth_row(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    t = r["entropy_truth"]
+    if t is None:
+        return []
+    return [("    S(truth), est.", f"{_fmt(t['value'])} {r['unit']}",
+             f"bias-corrected ({t['method']}), {100 * t['level']:.0f}% interval "
+             f"{_fmt(t['low'], 4)} to {_fmt(t['high'], 4)}: S(D) is a sample's")]
 
 
 def _per_class(r: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._floor import MAX_CONTEXTS, truth_entropy
+
 FORMS = ("probs", "logits", "log_probs")
 ECE_BINS = 15
 # The temperature is fitted exactly when the (finite-loss) rows fit in this many values
@@ -330,8 +332,12 @@ class Accumulator:
         counts = self.class_count.astype(np.float64)
         freq = counts[counts > 0] / n
         label_entropy = float(-(freq * np.log(freq)).sum())
+        entropy_truth = None
         if self.groups is not None:
             entropy, num_groups = self.groups.entropy(n)
+            table = self.groups.table(self.num_classes)
+            if table is not None:
+                entropy_truth = truth_entropy(table)
         else:
             entropy, num_groups = 0.0, None
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -353,6 +359,7 @@ class Accumulator:
             "num_groups": num_groups,
             "cross_entropy": cross_entropy,
             "entropy": entropy,
+            "entropy_truth": entropy_truth,
             "kl_divergence": cross_entropy - entropy,
             "label_entropy": label_entropy,
             "information_gain": label_entropy - cross_entropy,
@@ -418,6 +425,18 @@ class GroupCounts:
             self._tables = [table.rename_columns(["g", "y", "c"])]
         self._compacted = self._tables[0].num_rows if self._tables else 0
         self._pending = 0
+
+    def table(self, num_classes: int) -> np.ndarray | None:
+        """The (groups, classes) table of counts; None above ``MAX_CONTEXTS`` groups."""
+        self._compact()
+        table = self._tables[0]
+        codes = table["g"].combine_chunks().dictionary_encode()
+        if len(codes.dictionary) > MAX_CONTEXTS:
+            return None
+        dense = np.zeros((len(codes.dictionary), num_classes), dtype=np.int64)
+        np.add.at(dense, (codes.indices.to_numpy(), table["y"].to_numpy()),
+                  table["c"].to_numpy())
+        return dense
 
     def entropy(self, n: int) -> tuple[float, int]:
         """S(label | group) in nats, from the counts, and the number of groups.
