@@ -11,10 +11,7 @@ data set is not the truth.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,9 @@ import numpy as np
 from .. import _measures
 from .._array import check_base
 from .._forms import Logits
+from . import _jsonio
 from ._demo_data import DATASETS, DataSet, Split
+from ._files import write_atomic
 from ._floor import truth_entropy
 
 _DEFAULT_STEPS = 300
@@ -239,19 +238,6 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
     ]
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, so a file is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def plot(result: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
@@ -293,7 +279,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
                   "largest parameter difference between the two runs: "
                   f"{result['max_parameter_difference']:.1e}", fontsize=10)
     ax2.legend(fontsize=8, loc="upper right")
-    _write_atomically(path, lambda name: fig.savefig(name, dpi=110, format="png"))
+    write_atomic(str(path), lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -338,8 +324,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(line)
 
     out: Path = args.out
-    _write_atomically(out / "demo.json",
-                      lambda name: Path(name).write_text(json.dumps(result, indent=1) + "\n"))
+    out.mkdir(parents=True, exist_ok=True)
+    text = _jsonio.dumps(result, indent=1) + "\n"
+    write_atomic(str(out / "demo.json"), lambda f: f.write(text.encode("utf-8")))
     written = [out / "demo.json"]
     if not args.no_plot:
         plot(result, out / "demo.png", f"{data.name}: minimising H minimises D; S(D) is fixed")

@@ -50,18 +50,16 @@ temperature) are left out of the fit; the report then shows the loss as +inf.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from . import _jsonio
+from ._files import write_atomic
 from ._measures import _base
 from ._report_read import LabelMap, default_batch_rows, open_source
 from ._report_stats import DEFAULT_TOLERANCE, Accumulator
@@ -152,26 +150,6 @@ def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
             raise ValueError(f"{flag} {out!r}: cannot write to the directory {folder!r}")
     if len({os.path.realpath(o) for o in given.values()}) < len(given):
         raise ValueError("--json and --plot name the same file")
-
-
-def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _progress(total: int | None) -> Any:

@@ -205,9 +205,9 @@ def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str
         raise ValueError(f"{path!r} has no header line: the first line must name the columns")
     names = list(header)
     class_names = _choose_columns(path, names, label, group, classes)
-    types = {label: pa.string(), **{c: pa.float64() for c in class_names}}
+    column_types = {label: pa.string(), **{c: pa.float64() for c in class_names}}
     if group:
-        types[group] = pa.string()
+        column_types[group] = pa.string()
     columns = [label, *([group] if group else []), *class_names]
 
     def read_csv(batch_rows: int) -> Iterator[Batch]:
@@ -217,7 +217,7 @@ def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str
             path,
             read_options=pacsv.ReadOptions(block_size=size),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(column_types=types,
+            convert_options=pacsv.ConvertOptions(column_types=column_types,
                                                  include_columns=columns),
         )
         with contextlib.closing(reader):
@@ -273,7 +273,8 @@ class _NpyMember:
         elif version == (2, 0):
             shape, fortran, dtype = fmt.read_array_header_2_0(self._file)
         else:
-            shape, fortran, dtype = fmt._read_array_header(self._file, version)
+            shape, fortran, dtype = fmt._read_array_header(  # type: ignore[attr-defined]
+                self._file, version)
         if dtype.hasobject:
             raise ValueError(f"array {name!r} in {path!r} holds Python objects, which are "
                              "not read (no pickles); save strings as a fixed-width str array")

@@ -347,9 +347,9 @@ class Accumulator:
         ece = 0.0
         for i in range(ECE_BINS):
             c = int(self.bin_count[i])
-            conf = self.bin_confidence[i] / c if c else None
-            acc = self.bin_correct[i] / c if c else None
+            conf = acc = None
             if c:
+                conf, acc = self.bin_confidence[i] / c, self.bin_correct[i] / c
                 ece += c / n * abs(acc - conf)
             bins.append({"bin": i, "lower": i / ECE_BINS, "upper": (i + 1) / ECE_BINS,
                          "count": c, "confidence": conf, "accuracy": acc})
