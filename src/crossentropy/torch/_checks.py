@@ -2,8 +2,9 @@
 the argument.
 
 The shape, dtype and option checks look at metadata only and always run.  The checks that
-read the data (label range, probability rows) synchronise with the host, so they run only
-under ``validate=True``.
+read the data (label range, probability rows) synchronise with the host, so by default
+(``validate=None``) they run only where that costs nothing: CPU tensors outside
+``torch.compile``.  ``validate=True`` forces them, ``validate=False`` skips them.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def logits(value: Any, name: str = "logits") -> None:
             f"{name} must have a non-empty class dimension (the last), got shape "
             f"{tuple(value.shape)}"
         )
+
+
+def reads_data(validate: bool | None, tensor: torch.Tensor) -> bool:
+    """Whether the data checks run: ``validate`` if given, else on CPU outside compilation."""
+    if validate is not None:
+        return bool(validate)
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def target(value: Any, logits_shape: tuple[int, ...], validate: bool, ignore: int) -> bool:

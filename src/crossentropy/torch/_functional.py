@@ -19,10 +19,11 @@ def _dense(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
-    validate: bool,
+    validate: bool | None,
     divergence: bool,
 ) -> torch.Tensor:
     _checks.logits(logits)
+    validate = _checks.reads_data(validate, logits)
     ignore = _checks.ignore_index(ignore_index)
     _checks.target(target, tuple(logits.shape), validate, ignore)
     _checks.class_weight(weight, logits.shape[-1], validate)
@@ -49,7 +50,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    validate: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Cross-entropy loss of logits against class indices or probabilities.
 
@@ -88,10 +89,11 @@ def cross_entropy(
         Coefficient of the z-loss :math:`\lambda_z (\operatorname{logsumexp} z)^2`.
     softcap : float > 0, optional
         Applied first: :math:`z = s \tanh(\text{logits} / s)`.
-    validate : bool
-        Check the data too (labels in range, probabilities non-negative and summing to 1);
-        this synchronises with the host, so it is off by default.  Without it an
-        out-of-range label gives a NaN loss.
+    validate : bool, optional
+        Check the data too (labels in range, probabilities non-negative and summing to 1).
+        That synchronises with the host, so by default (``None``) it runs only where it
+        costs nothing: CPU tensors outside ``torch.compile``.  ``True`` forces it (a host
+        sync on CUDA); ``False`` skips it, and an out-of-range label then gives a NaN loss.
 
     Returns
     -------
@@ -132,7 +134,7 @@ def kl_loss(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    validate: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""KL divergence :math:`D(t' \,\|\, \operatorname{softmax}(z))` from target to model.
 
@@ -224,7 +226,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
-    validate: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Cross-entropy of the logits ``hidden @ weight.T + bias``, never materialised.
 
@@ -313,7 +315,8 @@ def linear_cross_entropy(
             "targets need the full logits: use cross_entropy)"
         )
     ignore = _checks.ignore_index(ignore_index)
-    _checks.target(target, (*hidden.shape[:-1], vocab), validate, ignore)
+    _checks.target(target, (*hidden.shape[:-1], vocab), _checks.reads_data(validate, hidden),
+                   ignore)
     reduction = _checks.reduction(reduction)
     chunk = _checks.chunk_size(chunk_size)
     cap = _checks.softcap(softcap)

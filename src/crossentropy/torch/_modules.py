@@ -23,7 +23,7 @@ class _DenseLoss(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
-        validate: bool = False,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -112,7 +112,7 @@ class LinearCrossEntropyLoss(nn.Module):
         z_loss: float = 0.0,
         softcap: float | None = None,
         chunk_size: int | None = None,
-        validate: bool = False,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.ignore_index = _checks.ignore_index(ignore_index)
