@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -380,3 +381,16 @@ def test_errors_name_the_argument():
     # ignore_index passes validation; a valid soft target too.
     cross_entropy(z, torch.tensor([0, -100]), validate=True)
     cross_entropy(z, torch.full((2, 3), 1 / 3), validate=True)
+
+
+def test_impl_option():
+    # The plain-PyTorch path is what "auto" picks for CPU tensors; a bad name is an error,
+    # and "triton" without a GPU (or the interpreter) says what it needs.
+    logits, target = make((4,), 5, dtype=torch.float32)
+    torch.testing.assert_close(cross_entropy(logits, target, impl="torch"),
+                               cross_entropy(logits, target))
+    with pytest.raises(ValueError, match="impl must be one of 'auto', 'torch', 'triton'"):
+        kl_loss(logits, target, impl="gpu")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(ValueError, match="impl='triton' needs a CUDA tensor"):
+            cross_entropy(logits, target, impl="triton")

@@ -490,3 +490,26 @@ def test_cuda_linear_is_deterministic_and_never_syncs():
         torch.cuda.set_sync_debug_mode("default")
     second = run_linear(h, w, y, b, opts, torch.ones((), device="cuda"))
     assert all(torch.equal(a, c) for a, c in zip(first, second, strict=True))
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_impl_dispatch_through_the_public_functions():
+    from crossentropy.torch import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 11, generator=gen, dtype=torch.float64, device=DEVICE)
+    target = torch.tensor([0, 3, -100, 10, 5, 1], device=DEVICE)
+    options = {"label_smoothing": 0.1, "z_loss": 1e-3}
+    for fn in (cross_entropy, kl_loss):
+        expected = fn(logits, target, impl="torch", **options)
+        got = fn(logits, target, impl="triton", **options)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    hidden = torch.randn(6, 4, generator=gen, dtype=torch.float64, device=DEVICE)
+    weight = torch.randn(11, 4, generator=gen, dtype=torch.float64, device=DEVICE)
+    torch.testing.assert_close(linear_cross_entropy(hidden, weight, target, impl="triton"),
+                               linear_cross_entropy(hidden, weight, target, impl="torch"),
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="impl must be one of 'auto', 'torch', 'triton'"):
+        cross_entropy(logits, target, impl="cuda")

@@ -9,6 +9,28 @@ from . import _checks, _chunked, _reference
 __all__ = ["cross_entropy", "entropy_loss", "kl_loss", "linear_cross_entropy"]
 
 
+IMPLS = ("auto", "torch", "triton")
+
+
+def _use_triton(impl: str, tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether to run the Triton kernels: ``impl='triton'`` (or it fails), or ``'auto'`` on
+    CUDA tensors with Triton installed.  ``'torch'`` is the plain-PyTorch reference path."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of 'auto', 'torch', 'triton', got {impl!r}")
+    if impl == "torch":
+        return False
+    from . import _triton  # looks only: no Triton import until a kernel runs
+
+    if impl == "triton":
+        if not _triton.available(tensor):
+            raise ValueError("impl='triton' needs a CUDA tensor and Triton installed "
+                             "(or TRITON_INTERPRET=1 for CPU tensors)")
+        return True
+    # Gradients for class weights or soft targets stay on the reference path.
+    return (tensor.is_cuda and _triton.available(tensor)
+            and not any(t is not None and t.requires_grad for t in others))
+
+
 def _dense(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -21,12 +43,22 @@ def _dense(
     softcap: float | None,
     validate: bool | None,
     divergence: bool,
+    impl: str,
 ) -> torch.Tensor:
     _checks.logits(logits)
     validate = _checks.reads_data(validate, logits)
     ignore = _checks.ignore_index(ignore_index)
     _checks.target(target, tuple(logits.shape), validate, ignore)
     _checks.class_weight(weight, logits.shape[-1], validate)
+    if _use_triton(impl, logits, target, weight):
+        from ._triton import DenseOptions, triton_cross_entropy, triton_kl_loss
+
+        options = DenseOptions(
+            ignore_index=ignore, reduction=_checks.reduction(reduction),
+            label_smoothing=_checks.label_smoothing(label_smoothing),
+            z_loss=_checks.z_loss(z_loss), softcap=_checks.softcap(softcap))
+        kernel = triton_kl_loss if divergence else triton_cross_entropy
+        return kernel(logits, target, weight, options)
     loss, omega = _reference.token_losses(
         logits,
         target,
@@ -51,6 +83,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     validate: bool | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     r"""Cross-entropy loss of logits against class indices or probabilities.
 
@@ -94,6 +127,10 @@ def cross_entropy(
         That synchronises with the host, so by default (``None``) it runs only where it
         costs nothing: CPU tensors outside ``torch.compile``.  ``True`` forces it (a host
         sync on CUDA); ``False`` skips it, and an out-of-range label then gives a NaN loss.
+    impl : {'auto', 'torch', 'triton'}
+        ``auto`` runs the Triton kernels on CUDA tensors when Triton is installed (and no
+        class weight or soft target needs a gradient), else this plain-PyTorch path;
+        ``torch`` and ``triton`` force one.
 
     Returns
     -------
@@ -121,6 +158,7 @@ def cross_entropy(
         softcap=softcap,
         validate=validate,
         divergence=False,
+        impl=impl,
     )
 
 
@@ -135,6 +173,7 @@ def kl_loss(
     z_loss: float = 0.0,
     softcap: float | None = None,
     validate: bool | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     r"""KL divergence :math:`D(t' \,\|\, \operatorname{softmax}(z))` from target to model.
 
@@ -171,6 +210,7 @@ def kl_loss(
         softcap=softcap,
         validate=validate,
         divergence=True,
+        impl=impl,
     )
 
 
@@ -227,6 +267,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     chunk_size: int | None = None,
     validate: bool | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     r"""Cross-entropy of the logits ``hidden @ weight.T + bias``, never materialised.
 
@@ -245,7 +286,7 @@ def linear_cross_entropy(
     target : integer Tensor, shape (...)
         Class indices in ``[0, V)`` or equal to ``ignore_index``.
     bias : Tensor, shape (V,), optional
-    ignore_index, reduction, label_smoothing, z_loss, softcap, validate
+    ignore_index, reduction, label_smoothing, z_loss, softcap, validate, impl
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
     chunk_size : int, optional
         Tokens per chunk.  ``None`` takes the larger of (a) the tokens whose working set --
@@ -320,6 +361,14 @@ def linear_cross_entropy(
     reduction = _checks.reduction(reduction)
     chunk = _checks.chunk_size(chunk_size)
     cap = _checks.softcap(softcap)
+    if _use_triton(impl, hidden):
+        from ._triton import LinearOptions, triton_linear_cross_entropy
+
+        options = LinearOptions(
+            ignore_index=ignore, reduction=reduction,
+            label_smoothing=_checks.label_smoothing(label_smoothing),
+            z_loss=_checks.z_loss(z_loss), softcap=cap, chunk_size=chunk)
+        return triton_linear_cross_entropy(hidden, weight, target, bias, options)
 
     flat = hidden.reshape(-1, dim).contiguous()
     labels = target.reshape(-1).long()

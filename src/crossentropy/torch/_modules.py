@@ -24,6 +24,7 @@ class _DenseLoss(nn.Module):
         z_loss: float = 0.0,
         softcap: float | None = None,
         validate: bool | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -33,6 +34,7 @@ class _DenseLoss(nn.Module):
         self.z_loss = _checks.z_loss(z_loss)
         self.softcap = _checks.softcap(softcap)
         self.validate = validate
+        self.impl = impl
 
     def _options(self) -> dict:
         return {
@@ -43,6 +45,7 @@ class _DenseLoss(nn.Module):
             "z_loss": self.z_loss,
             "softcap": self.softcap,
             "validate": self.validate,
+            "impl": self.impl,
         }
 
     def extra_repr(self) -> str:
@@ -113,6 +116,7 @@ class LinearCrossEntropyLoss(nn.Module):
         softcap: float | None = None,
         chunk_size: int | None = None,
         validate: bool | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         self.ignore_index = _checks.ignore_index(ignore_index)
@@ -122,6 +126,7 @@ class LinearCrossEntropyLoss(nn.Module):
         self.softcap = _checks.softcap(softcap)
         self.chunk_size = _checks.chunk_size(chunk_size)
         self.validate = validate
+        self.impl = impl
 
     def forward(
         self,
@@ -142,6 +147,7 @@ class LinearCrossEntropyLoss(nn.Module):
             softcap=self.softcap,
             chunk_size=self.chunk_size,
             validate=self.validate,
+            impl=self.impl,
         )
 
     def extra_repr(self) -> str:
