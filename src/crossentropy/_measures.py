@@ -235,7 +235,6 @@ class _Prepared(NamedTuple):
     xp: Any
     dists: tuple[_Distribution, ...]
     axis: int  # in the broadcast input, for keepdims
-    dtype: Any
 
 
 def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
@@ -302,7 +301,7 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
         if forms[name] != "labels":
             x = xp.astype(xp.moveaxis(x, own_axis[name], -1), dtype, copy=False)
         dists.append(_Distribution(xp, forms[name], x, dtype, num_classes))
-    return _Prepared(xp, tuple(dists), axis_index, dtype)
+    return _Prepared(xp, tuple(dists), axis_index)
 
 
 def _finish(prep: _Prepared, rows: Any, base: float | None, keepdims: bool) -> Any:
@@ -518,9 +517,8 @@ def js_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     prep = _prepare({"p": p, "q": q}, axis, validate)
     xp = prep.xp
     dp, dq = prep.dists
-    mixture = _Distribution(xp, "probabilities", (dp.prob + dq.prob) / 2, prep.dtype)
     # _log, not log-space logaddexp: its gradient is NaN where both sides are -inf.
-    m_log = _log(xp, mixture.values)
+    m_log = _log(xp, (dp.prob + dq.prob) / 2)
     js = (_weighted_sum(xp, dp.prob, dp.logprob - m_log)
           + _weighted_sum(xp, dq.prob, dq.logprob - m_log)) / 2
     js = xp.clip(js, 0.0, math.log(2.0))
