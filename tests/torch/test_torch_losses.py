@@ -334,6 +334,11 @@ def test_errors_name_the_argument():
     cases = [
         (lambda: cross_entropy(z, torch.tensor([0, 1, 2])), ValueError, "target .class indices"),
         (lambda: cross_entropy(z, torch.zeros(2, 4)), ValueError, "target .probabilities"),
+        (
+            lambda: cross_entropy(torch.zeros(2, 3, 5), torch.zeros(2, 5, dtype=torch.long)),
+            ValueError,
+            r"got \(2, 5\); the class dimension is the last one.*logits.movedim\(1, -1\)",
+        ),
         (lambda: cross_entropy(z, y, reduction="avg"), ValueError, "reduction must be one of"),
         (lambda: cross_entropy(z, y, label_smoothing=1.5), ValueError, "label_smoothing must"),
         (lambda: cross_entropy(z, y, label_smoothing="a"), TypeError, "label_smoothing must"),

@@ -120,9 +120,15 @@ def target(value: Any, logits_shape: tuple[int, ...], validate: bool, ignore: in
             f"target must hold integer class indices or floating probabilities, got {value.dtype}"
         )
     if tuple(value.shape) != batch:
+        hint = ""
+        if len(logits_shape) > 2 and tuple(value.shape) == (logits_shape[0], *logits_shape[2:]):
+            hint = (
+                "; the class dimension is the last one here: for F.cross_entropy's "
+                "(N, C, d1, ...) layout pass logits.movedim(1, -1)"
+            )
         raise ValueError(
             f"target (class indices) must have shape {batch} (the logits' shape without "
-            f"the class dimension), got {tuple(value.shape)}"
+            f"the class dimension), got {tuple(value.shape)}{hint}"
         )
     if validate:
         labels(value, num_classes, ignore)
