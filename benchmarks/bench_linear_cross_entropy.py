@@ -123,6 +123,23 @@ def worker(impl: str, n: int, d: int, v: int, dtype_name: str, runs: int, chunk:
     }
 
 
+def matmul_rate(shape: tuple[int, int, int], dtype_name: str, runs: int = 4) -> str:
+    """GFLOP/s of one ``(N, D) @ (D, V)`` product: the rate 6 N D V could run at."""
+    import torch
+
+    n, d, v = shape
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, d, dtype=dtype), torch.randn(d, v, dtype=dtype)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        product = a @ b
+        times.append(time.perf_counter() - start)
+        del product
+    rate = 2 * n * d * v / statistics.median(times[1:]) / 1e9
+    return f"{n}, {d}, {v} {dtype_name}: one product at {rate:.0f} GFLOP/s"
+
+
 def run_isolated(
     impl: str, shape: tuple[int, int, int], dtype: str, runs: int, chunk: int = 0
 ) -> dict:
@@ -176,7 +193,17 @@ def main() -> None:
         "--chunk-size", type=int, default=0, help="crossentropy's chunk_size (default: auto)"
     )
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--matmul-rate",
+        action="store_true",
+        help="instead, the rate of one (N, D) @ (D, V) product per shape: the ceiling",
+    )
     args = parser.parse_args()
+    if args.matmul_rate:
+        for text in args.shapes:
+            for dtype in args.dtypes:
+                print(matmul_rate(tuple(int(s) for s in text.split(",")), dtype))
+        return
     results = []
     for text in args.shapes:
         shape = tuple(int(s) for s in text.split(","))
