@@ -29,6 +29,7 @@ import argparse
 import importlib
 import math
 import platform
+import statistics
 import time
 import warnings
 import zlib
@@ -269,24 +270,41 @@ def speed(quick: bool) -> list[str]:
         else:
             lines.append(f"| {method} | {ours:.3f} | n/a | | |")
         print(f"speed single: {method} done", flush=True)
+    return [*lines, *counting(quick), "", ndd_note, ""]
+
+
+def counting(quick: bool, rounds: int = 7) -> list[str]:
+    """Counting integer samples against np.bincount, interleaved rounds, medians."""
     n = 10**7 if quick else 10**8
-    samples = rng.integers(0, 50_000, size=n)
-    base = best_of(lambda: np.bincount(samples))
-    ours_counts = best_of(lambda: Counts(samples))
-    ours_fn = best_of(lambda: counts(samples))
-    lines += [
-        "",
-        f"Counting {n:,} int64 samples over 50,000 symbols (best of 3):",
-        "",
-        "| | seconds | vs np.bincount |",
-        "|---|---|---|",
-        f"| np.bincount | {base:.3f} | 1.00 |",
-        f"| Counts(samples) | {ours_counts:.3f} | {ours_counts / base:.2f} |",
-        f"| counts(samples) | {ours_fn:.3f} | {ours_fn / base:.2f} |",
-        "",
-        ndd_note,
-        "",
-    ]
+    rng = np.random.default_rng(0)
+    contenders = {
+        "np.bincount": np.bincount,
+        "Counts(samples)": Counts,
+        "counts(samples)": counts,
+    }
+    lines = []
+    for dtype in ("int64", "int32"):
+        samples = rng.integers(0, 50_000, size=n).astype(dtype)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for function in contenders.values():  # warm-up
+            function(samples)
+        for _ in range(rounds):
+            for name, function in contenders.items():
+                start = time.perf_counter()
+                function(samples)
+                times[name].append(time.perf_counter() - start)
+        base = statistics.median(times["np.bincount"])
+        lines += [
+            "",
+            f"Counting {n:,} {dtype} samples over 50,000 symbols "
+            f"(median and minimum of {rounds} interleaved rounds after a warm-up):",
+            "",
+            "| | median s | min s | median vs np.bincount |",
+            "|---|---|---|---|",
+        ]
+        for name, values in times.items():
+            median = statistics.median(values)
+            lines.append(f"| {name} | {median:.3f} | {min(values):.3f} | {median / base:.2f} |")
     return lines
 
 
@@ -295,11 +313,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer replicates, smaller runs")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--counting-only", action="store_true", help="only counting against np.bincount"
+    )
     args = parser.parse_args()
     lines = [
         f"Machine: {platform.machine()}, {platform.python_version()}, numpy {np.__version__}.",
         "",
     ]
+    if args.counting_only:
+        print("\n".join(lines + counting(args.quick)))
+        return
     if not args.skip_accuracy:
         if args.quick:
             lines += accuracy(replicates=200, covered=50, n_boot=100)

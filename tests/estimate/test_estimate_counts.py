@@ -61,6 +61,26 @@ def test_integer_array_matches_bincount_and_unique():
         assert Counts(small) == Counts((x % 2).tolist())
 
 
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+)
+def test_blocked_counting_of_every_integer_dtype(dtype):
+    # Over a million samples: several counting blocks. The odd symbols sit in a later
+    # block than the first, so the blocks before them are counted densely and the rest
+    # takes the general path; the totals must not care. Reference: collections.Counter.
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 100, size=1_100_003).astype(dtype)
+    strided = x[::3]
+    for array in (x, strided):
+        expected = np.bincount(array.astype(np.int64))
+        np.testing.assert_array_equal(Counts(array).to_array(), expected[expected > 0])
+    top = np.iinfo(dtype).max  # 255 for uint8: dense; 2**63 - 1 for int64: the dictionary
+    x[900_000] = top
+    if np.issubdtype(dtype, np.signedinteger):
+        x[[700_000, 700_001]] = [-1, np.iinfo(dtype).min]
+    assert Counts(x) == Counts(collections.Counter(x.tolist()))
+
+
 def test_strings():
     words = np.array(["the", "cat", "sat", "on", "the", "mat", "the", "end"])
     c = Counts(words)

@@ -24,6 +24,8 @@ __all__ = ["Counts", "counts"]
 
 # 2**24 symbols: a dense table of at most 128 MiB. Larger ids go to the dictionary.
 _DENSE_LIMIT = 1 << 24
+# Samples per counting block: 2 MiB of int64, a core's L2 cache here.
+_BLOCK = 1 << 18
 
 
 def _is_dense_symbol(value: Any) -> bool:
@@ -128,16 +130,10 @@ class Counts(Mapping):
         if array.dtype == np.bool_:
             array = array.view(np.uint8)
         if np.issubdtype(array.dtype, np.integer):
-            # One pass for the maximum; bincount itself rejects negative values, which
-            # sends the batch down the general path.
-            if int(array.max()) < _DENSE_LIMIT:
-                if array.dtype == np.uint64:  # bincount will not cast it safely
-                    array = array.astype(np.int64)
-                try:
-                    self._add_bincount(np.bincount(array))
-                    return
-                except ValueError:
-                    pass
+            counted = self._bincount_in_blocks(array)
+            array = array[counted:]
+            if array.size == 0:
+                return
             dense = (array >= 0) & (array < _DENSE_LIMIT)
             if dense.any():
                 self._add_bincount(np.bincount(array[dense].astype(np.int64)))
@@ -149,6 +145,39 @@ class Counts(Mapping):
             )
         values, numbers_ = np.unique(array, return_counts=True)
         self._add_other(zip(values.tolist(), numbers_.tolist(), strict=True))
+
+    def _bincount_in_blocks(self, array: np.ndarray) -> int:
+        """Count the leading samples that bincount can take; return how many it took.
+
+        Block by block, the largest symbol is checked (so a huge id never makes bincount
+        allocate a huge table) and the block, still in cache, is counted: the samples
+        come from memory once, and narrow integers are widened a block at a time rather
+        than copied whole as ``np.bincount`` does. A block with a negative or huge symbol
+        stops it; the rest takes the general path.
+        """
+        size = array.size
+        # Seen as unsigned, a negative symbol is at least 2**(bits - 1): one max checks
+        # both bounds.
+        bits = 8 * array.dtype.itemsize
+        unsigned = array.view(np.dtype(f"u{array.dtype.itemsize}"))
+        limit = _DENSE_LIMIT if array.dtype.kind == "u" else min(_DENSE_LIMIT, 1 << (bits - 1))
+        tally = np.zeros(0, dtype=np.int64)
+        start = 0
+        while start < size:
+            # A block fills the core's L2 cache, and outweighs the tally it is added to.
+            stop = start + max(_BLOCK, 8 * tally.size)
+            if int(unsigned[start:stop].max()) >= limit:
+                break
+            block = array[start:stop]
+            part = np.bincount(block.astype(np.intp, copy=False), minlength=tally.size)
+            if part.size > tally.size:
+                part[: tally.size] += tally
+                tally = part
+            else:
+                tally += part
+            start += block.size
+        self._add_bincount(tally)
+        return start
 
     def _update_hashables(self, samples: Iterable[Any]) -> None:
         try:
