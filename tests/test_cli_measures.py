@@ -238,3 +238,11 @@ def test_console_script_if_installed():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) == 1.0  # disjoint supports: exactly 1 bit
+
+
+def test_version(capsys):
+    import crossentropy
+
+    code, out, err = run_main(capsys, "--version")
+    assert code == 0 and err == ""
+    assert out == f"crossentropy {crossentropy.__version__}\n"

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from . import _demo, _measures, _report
 
 __all__ = ["main"]
@@ -28,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="crossentropy",
         description="Entropy, cross-entropy and KL divergence: H(p,q) = D(p||q) + S(p).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     _demo.register(commands)
     _report.register(commands)
     _measures.register(commands)
