@@ -115,6 +115,60 @@ def test_figures_match_independent_references(fmt, data, tmp_path):
     assert "cross-entropy H" in proc.stdout and "per class" in proc.stdout
 
 
+def test_pandas_index_columns_are_not_classes(data, tmp_path):
+    # to_csv() without index=False writes the index as an unnamed first column, and a
+    # Parquet file keeps a named index as a column listed in its pandas metadata.
+    _, p, y = data
+    expected = log_loss(y, p, labels=range(4))
+    csv_path = tmp_path / "indexed.csv"
+    frame(p, y).to_csv(csv_path)
+    with_id = frame(p, y)
+    with_id.index = pd.Index(np.arange(len(y)) + 1000, name="row_id")
+    parquet_path = tmp_path / "indexed.parquet"
+    with_id.to_parquet(parquet_path)
+    unnamed_path = tmp_path / "unnamed_index.parquet"
+    frame(p, y).set_index(pd.Index(np.arange(len(y)) * 2)).to_parquet(unnamed_path)
+    for path in (csv_path, parquet_path, unnamed_path):
+        r, _ = report(path, tmp_path=tmp_path)
+        assert r["num_classes"] == 4, path
+        assert r["cross_entropy"] == pytest.approx(expected, rel=1e-12), path
+
+
+def test_npz_with_one_array_per_class(data, tmp_path):
+    z, p, y = data
+    path = tmp_path / "columns.npz"
+    labels = np.asarray(NAMES)[y]
+    np.savez(path, label=labels, **{name: z[:, j] for j, name in enumerate(NAMES)})
+    r, _ = report(path, "--form", "logits", "--batch-size", 50, tmp_path=tmp_path)
+    assert [c["class"] for c in r["per_class"]] == NAMES
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
+    # Integer labels and class arrays named 0..K-1, float32, with a group array.
+    path = tmp_path / "indexed_columns.npz"
+    groups = np.arange(len(y)) % 7
+    arrays = {str(j): p[:, j].astype(np.float32) for j in range(4)}
+    np.savez_compressed(path, label=y, group=groups, **arrays)
+    r, _ = report(path, "--group", "group", tmp_path=tmp_path)
+    assert r["num_classes"] == 4 and r["num_groups"] == 7
+    assert r["cross_entropy"] == pytest.approx(
+        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5)
+    # --classes picks and orders the class arrays.
+    r, _ = report(path, "--classes", "3,2,1,0", tmp_path=tmp_path)
+    assert [c["class"] for c in r["per_class"]] == ["3", "2", "1", "0"]
+    assert r["cross_entropy"] == pytest.approx(
+        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5)
+
+
+def test_json_to_standard_output(data, tmp_path):
+    _, p, y = data
+    path = tmp_path / "preds.csv"
+    frame(p, y).to_csv(path, index=False)
+    proc = run(path, "--json", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = strict_json(proc.stdout)  # stdout is the JSON alone
+    assert r["cross_entropy"] == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-12)
+    assert sorted(os.listdir(tmp_path)) == ["preds.csv"]
+
+
 def test_temperature_matches_scipy_and_improves_the_loss(data, tmp_path):
     z, p, y = data
     path = tmp_path / "logits.npz"
@@ -341,7 +395,19 @@ def test_bad_files(tmp_path):
     bad(tmp_path, write(tmp_path, "junk.npz", "not a zip"), match="as .npz")
     path = tmp_path / "labels_only.npz"
     np.savez(path, label=np.array([0, 1]))
-    bad(tmp_path, path, match="exactly one of the arrays probs, logits, log_probs")
+    bad(tmp_path, path, match="has no predictions: save one of the arrays probs, logits, "
+        "log_probs (n, K), or one (n,) array per class; it holds: label")
+    path = tmp_path / "two_forms.npz"
+    np.savez(path, label=np.array([0, 1]), probs=np.eye(2), logits=np.eye(2))
+    bad(tmp_path, path, match="holds more than one of the arrays probs, logits, log_probs "
+        "(probs, logits): pick one with --form")
+    bad(tmp_path, path, "--form", "log_probs", match="has no array 'log_probs'")
+    path = tmp_path / "short_column.npz"
+    np.savez(path, label=np.array([0, 1]), a=np.array([0.5, 0.5]), b=np.array([0.5]))
+    bad(tmp_path, path, match="class array 'b' in")
+    path = tmp_path / "text_column.npz"
+    np.savez(path, label=np.array(["a", "b"]), a=np.array([1.0, 0.0]), b=np.array(["x", "y"]))
+    bad(tmp_path, path, match="array 'b' in")
     path = tmp_path / "out_of_range.npz"
     np.savez(path, label=np.array([0, 2]), probs=np.array([[0.5, 0.5], [0.5, 0.5]]))
     bad(tmp_path, path, match="label '2' in row 1 is not among the 2 classes")

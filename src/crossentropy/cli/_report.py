@@ -3,7 +3,7 @@
 Usage::
 
     crossentropy report PATH [--label COL] [--form probs|logits|log_probs] [--group COL]
-        [--classes A,B,...] [--base 2] [--json OUT] [--plot OUT.png]
+        [--classes A,B,...] [--base 2] [--json OUT|-] [--plot OUT.png]
         [--batch-size ROWS] [--tolerance TOL]
 
 The input (CSV, TSV, Parquet or .npz; layouts in ``_report_read``) has one row per
@@ -89,7 +89,8 @@ def register(commands: Any) -> None:
                           ".npz, the class names")
     sub.add_argument("--base", type=_base, default=None,
                      help="logarithm base: e (nats, default), 2 (bits), or any number > 0")
-    sub.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    sub.add_argument("--json", default=None, metavar="OUT",
+                     help="write the report as JSON (- for standard output, without the table)")
     sub.add_argument("--plot", default=None, metavar="OUT.png",
                      help="write a PNG: reliability diagram and the loss split")
     sub.add_argument("--batch-size", type=_positive_int, default=None, metavar="ROWS",
@@ -102,9 +103,10 @@ def register(commands: Any) -> None:
 
 _LAYOUT = """
 Input: one row per example, a label column and one column per class (named by the
-class) with the model's probabilities, logits or log-probabilities.  .npz: arrays
-'label' (n,), one of 'probs' / 'logits' / 'log_probs' (n, K), optional 'classes' (K,)
-and 'group' (n,); without 'classes' the labels are class indices 0..K-1."""
+class) with the model's probabilities, logits or log-probabilities; pandas' index
+columns are skipped.  .npz: arrays 'label' (n,), optional 'group' (n,), and either one
+(n,) array per class, named by the class, or one of 'probs' / 'logits' / 'log_probs'
+(n, K) with optional 'classes' (K,) (without it the labels are class indices 0..K-1)."""
 
 
 def _form(text: str) -> str:
@@ -133,7 +135,9 @@ def _positive_int(text: str) -> int:
 
 def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
     """Refuse outputs that would overwrite the input or each other, before any work."""
-    given = {flag: out for flag, out in outputs.items() if out}
+    # "--json -" is standard output, not a file.
+    given = {flag: out for flag, out in outputs.items()
+             if out and not (flag == "--json" and out == "-")}
     real_in = os.path.realpath(path)
     for flag, out in given.items():
         same = os.path.realpath(out) == real_in
@@ -253,9 +257,12 @@ def _assemble(args: argparse.Namespace, source: Any, stats: dict[str, Any],
 
 def run(args: argparse.Namespace) -> int:
     report = compute(args)
-    _print(report)
-    if args.json:
-        text = _jsonio.dumps(report, indent=2) + "\n"
+    text = _jsonio.dumps(report, indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)  # stdout is the JSON alone, for pipes: no table
+    else:
+        _print(report)
+    if args.json and args.json != "-":
         write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
     if args.plot:
         from ._report_plot import save_plot

@@ -12,11 +12,20 @@ CSV / TSV / Parquet
     group column (``--group``), and one numeric column per class, named by the class.
     The class columns are all the other columns, or those named by ``--classes``.
 .npz (``numpy.savez`` or ``numpy.savez_compressed``)
-    ``label`` (n,) integer or string labels (another name with ``--label``); exactly one
-    of ``probs``, ``logits``, ``log_probs`` (n, K) -- the array's name is the form, or
-    ``--form`` picks one; optionally ``classes`` (K,) class names and ``group`` (n,)
-    (another name with ``--group``).  Without ``classes`` the classes are 0..K-1 and the
-    labels are class indices.  Arrays of Python objects (pickles) are refused.
+    ``label`` (n,) integer or string labels (another name with ``--label``) and
+    optionally ``group`` (n,) (another name with ``--group``), then either
+
+    * one matrix: one of ``probs``, ``logits``, ``log_probs`` (n, K) -- the array's name
+      is the form, or ``--form`` picks one -- and optionally ``classes`` (K,) class
+      names; without ``classes`` the classes are 0..K-1 and the labels class indices; or
+    * the table's layout: one (n,) array per class, named by the class (all the other
+      arrays, in the order they were saved, or those named by ``--classes``).
+
+    Arrays of Python objects (pickles) are refused.
+
+Columns that pandas writes for its index (an unnamed column, ``Unnamed: 0``,
+``__index_level_0__``, and the index columns named in a Parquet file's pandas metadata)
+are never taken for classes.
 
 Labels name classes: a label matches the class whose name is the label's text (3 and
 "3" both name the class column "3").
@@ -27,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -138,8 +148,13 @@ def open_source(path: str, *, label: str = "label", group: str | None = None,
 
 # -- CSV and Parquet -------------------------------------------------------------------
 
+# Index columns pandas writes beside the data: to_csv's unnamed first column, read back as
+# "Unnamed: 0", and to_parquet's "__index_level_0__".  They are never classes.
+_INDEX_COLUMN = re.compile(r"|Unnamed: \d+|__index_level_\d+__")
+
+
 def _choose_columns(path: str, names: list[str], label: str, group: str | None,
-                    classes: list[str] | None) -> list[str]:
+                    classes: list[str] | None, index: frozenset[str] = frozenset()) -> list[str]:
     seen: set[str] = set()
     duplicates = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
     if duplicates:
@@ -160,7 +175,8 @@ def _choose_columns(path: str, names: list[str], label: str, group: str | None,
             raise ValueError("--classes must not name the label or group column")
         chosen = list(classes)
     else:
-        chosen = [n for n in names if n not in (label, group)]
+        chosen = [n for n in names if n not in (label, group) and n not in index
+                  and not _INDEX_COLUMN.fullmatch(n)]
     if not chosen:
         raise ValueError(f"{path!r} has no class columns: one numeric column per class is "
                          "needed besides the label")
@@ -177,7 +193,9 @@ def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str
             schema = pf.schema_arrow
             num_rows = pf.metadata.num_rows
         names = list(schema.names)
-        class_names = _choose_columns(path, names, label, group, classes)
+        index = (schema.pandas_metadata or {}).get("index_columns", [])
+        class_names = _choose_columns(path, names, label, group, classes,
+                                      frozenset(c for c in index if isinstance(c, str)))
         types = [schema.field(c).type for c in class_names]
         for name, typ in zip(class_names, types, strict=True):
             if not (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
@@ -311,74 +329,109 @@ class _NpyMember:
 def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str | None,
               classes: list[str] | None) -> Source:
     with zipfile.ZipFile(path) as archive:
+        # The archive's order is the order numpy.savez was given the arrays in.
         members = {m[:-4]: m for m in archive.namelist() if m.endswith(".npy")}
-        shown = ", ".join(sorted(members)) or "none"
-        if form is None:
-            present = [f for f in FORMS if f in members]
-            if len(present) != 1:
-                raise ValueError(
-                    f"{path!r} must hold exactly one of the arrays probs, logits, log_probs "
-                    f"(or pick one with --form); it holds: {shown}")
-            form = present[0]
-        elif form not in members:
+        shown = ", ".join(members) or "none"
+        present = [f for f in FORMS if f in members]
+        if form is None and len(present) > 1:
+            raise ValueError(f"{path!r} holds more than one of the arrays probs, logits, "
+                             f"log_probs ({', '.join(present)}): pick one with --form")
+        matrix = form if form in members else (present[0] if form is None and present else None)
+        if matrix is None and present:
             raise ValueError(f"{path!r} has no array {form!r} (arrays: {shown})")
         if label not in members:
             raise ValueError(f"no label array {label!r} in {path!r} (arrays: {shown}); name "
                              "it with --label")
         if group is not None and group not in members:
             raise ValueError(f"no group array {group!r} in {path!r} (arrays: {shown})")
-        values = _NpyMember(archive, members[form], form, path)
-        labels = _NpyMember(archive, members[label], label, path)
-        for m in (values, labels):
-            m.close()
-        if len(values.shape) != 2:
-            raise ValueError(f"array {form!r} in {path!r} must be 2-D (rows, classes); its "
-                             f"shape is {values.shape}")
-        n, k = values.shape
-        if values.dtype.kind not in "fiu" or values.dtype.kind == "b":
-            raise ValueError(f"array {form!r} in {path!r} is not numeric ({values.dtype})")
-        if labels.shape != (n,):
-            raise ValueError(f"array {label!r} in {path!r} must have shape ({n},) to match "
-                             f"{form!r}; its shape is {labels.shape}")
-        if group is not None:
-            g = _NpyMember(archive, members[group], group, path)
-            g.close()
-            if g.shape != (n,):
-                raise ValueError(f"array {group!r} in {path!r} must have shape ({n},); its "
-                                 f"shape is {g.shape}")
-        if classes is None and "classes" in members and "classes" not in (label, group):
-            with archive.open(members["classes"]) as f:
-                names = np.load(f, allow_pickle=False)
-            if names.ndim != 1:
-                raise ValueError(f"array 'classes' in {path!r} must be 1-D")
-            classes = [_text(c) for c in names.tolist()]
-        if classes is None:
-            classes = [str(i) for i in range(k)]
-        if len(classes) != k:
-            raise ValueError(f"{len(classes)} class names for {k} columns of {form!r} in "
-                             f"{path!r}")
-        if len(set(classes)) != k:
-            raise ValueError(f"the class names in {path!r} repeat")
-    dtype = np.dtype(np.float32 if values.dtype in (np.float32, np.float16) else np.float64)
+        labels = _npy_header(archive, members, label, path)
+        if len(labels.shape) != 1:
+            raise ValueError(f"array {label!r} in {path!r} must be 1-D (one label per row); "
+                             f"its shape is {labels.shape}")
+        (n,) = labels.shape
+        if group is not None and _npy_header(archive, members, group, path).shape != (n,):
+            raise ValueError(f"array {group!r} in {path!r} must have shape ({n},) to match "
+                             f"{label!r}")
+        if matrix is not None:
+            form = matrix
+            arrays = [matrix]
+            values = _npy_header(archive, members, matrix, path)
+            _check_numeric(values, path)
+            if len(values.shape) != 2:
+                raise ValueError(f"array {matrix!r} in {path!r} must be 2-D (rows, classes); "
+                                 f"its shape is {values.shape}")
+            if values.shape[0] != n:
+                raise ValueError(f"array {label!r} in {path!r} must have shape "
+                                 f"({values.shape[0]},) to match {matrix!r}; its shape is "
+                                 f"{labels.shape}")
+            k = values.shape[1]
+            if classes is None and "classes" in members and "classes" not in (label, group):
+                with archive.open(members["classes"]) as f:
+                    names = np.load(f, allow_pickle=False)
+                if names.ndim != 1:
+                    raise ValueError(f"array 'classes' in {path!r} must be 1-D")
+                classes = [_text(c) for c in names.tolist()]
+            if classes is None:
+                classes = [str(i) for i in range(k)]
+            if len(classes) != k:
+                raise ValueError(f"{len(classes)} class names for {k} columns of {matrix!r} "
+                                 f"in {path!r}")
+            if len(set(classes)) != k:
+                raise ValueError(f"the class names in {path!r} repeat")
+            single = values.dtype in (np.float32, np.float16)
+        else:
+            # The table layout: one 1-D array per class, named by the class.
+            form = form or "probs"
+            if classes is None and not set(members) - {label, group, "classes"}:
+                raise ValueError(f"{path!r} has no predictions: save one of the arrays probs, "
+                                 f"logits, log_probs (n, K), or one (n,) array per class; it "
+                                 f"holds: {shown}")
+            arrays = _choose_columns(path, list(members), label, group, classes)
+            classes = arrays
+            single = True
+            for name in arrays:
+                column = _npy_header(archive, members, name, path)
+                _check_numeric(column, path)
+                if column.shape != (n,):
+                    raise ValueError(f"class array {name!r} in {path!r} must have shape "
+                                     f"({n},) like {label!r}; its shape is {column.shape}")
+                single = single and column.dtype in (np.float32, np.float16)
+    dtype = np.dtype(np.float32 if single else np.float64)
 
     def read(batch_rows: int) -> Iterator[Batch]:
         with zipfile.ZipFile(path) as archive:
-            parts = [_NpyMember(archive, members[form], form, path),
-                     _NpyMember(archive, members[label], label, path)]
-            if group is not None:
-                parts.append(_NpyMember(archive, members[group], group, path))
+            names = [*arrays, label, *([group] if group is not None else [])]
+            parts = [_NpyMember(archive, members[name], name, path) for name in names]
             try:
                 for start in range(0, n, batch_rows):
                     rows = min(batch_rows, n - start)
-                    block = parts[0].read(rows).astype(dtype, copy=False)
-                    lab = parts[1].read(rows)
-                    grp = parts[2].read(rows) if group is not None else None
+                    if matrix is not None:
+                        block = parts[0].read(rows).astype(dtype, copy=False)
+                    else:
+                        block = np.empty((rows, len(arrays)), dtype=dtype)
+                        for j, part in enumerate(parts[: len(arrays)]):
+                            block[:, j] = part.read(rows)
+                    lab = parts[len(arrays)].read(rows)
+                    grp = parts[-1].read(rows) if group is not None else None
                     yield block, lab, grp
             finally:
                 for p in parts:
                     p.close()
 
     return Source(path, fmt, form, classes, label, group, n, dtype, None, read)
+
+
+def _npy_header(archive: zipfile.ZipFile, members: dict[str, str], name: str,
+                path: str) -> _NpyMember:
+    """The shape and dtype of one array (its header only; the data is not read)."""
+    member = _NpyMember(archive, members[name], name, path)
+    member.close()
+    return member
+
+
+def _check_numeric(member: _NpyMember, path: str) -> None:
+    if member.dtype.kind not in "fiu":
+        raise ValueError(f"array {member.name!r} in {path!r} is not numeric ({member.dtype})")
 
 
 def _text(value: Any) -> str:
