@@ -378,6 +378,15 @@ def test_bad_csv(tmp_path, text, args, match):
     bad(tmp_path, write(tmp_path, "in.csv", text), *args, match=match)
 
 
+def test_a_column_that_is_not_a_class_is_named_in_the_error(tmp_path):
+    path = write(tmp_path, "ids.csv", "id,label,a,b\n7,a,0.25,0.75\n")
+    bad(tmp_path, path, match="row 0 (line 2) sum to 8, not 1 (tolerance 0.00035); normalise "
+        "them, raise --tolerance, or use --form logits; the class columns were taken to be "
+        "every column but the label and group ('id', 'a', 'b'): name them with --classes")
+    r, _ = report(path, "--classes", "a,b", tmp_path=tmp_path)
+    assert r["cross_entropy"] == pytest.approx(-math.log(0.25), rel=1e-12)
+
+
 def test_bad_logits_and_log_probs(tmp_path):
     path = write(tmp_path, "z.csv", "label,a,b\na,1.5,inf\n")
     bad(tmp_path, path, "--form", "logits", match="+inf logit in row 0 (line 2), class 'b'")

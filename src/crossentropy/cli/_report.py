@@ -199,7 +199,10 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         if progress:
             progress.start()
         for values, raw_labels, raw_groups in source.batches(rows):
-            acc.update(values, labels(raw_labels, acc.n), raw_groups, source.class_names)
+            try:
+                acc.update(values, labels(raw_labels, acc.n), raw_groups, source.class_names)
+            except ValueError as error:
+                raise _with_columns_hint(error, args, source) from None
             if progress:
                 progress.update(task, completed=acc.n)
     finally:
@@ -211,6 +214,16 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
     stats = acc.result()
     seconds = time.perf_counter() - start
     return _assemble(args, source, stats, base, seconds, read_s)
+
+
+def _with_columns_hint(error: ValueError, args: argparse.Namespace, source: Any) -> ValueError:
+    """A row that does not sum to 1 may be a column that is not a class: say which were used."""
+    if args.classes is not None or " sum to " not in str(error) or source.format == "npz":
+        return error
+    names = source.class_names
+    shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    return ValueError(f"{error}; the class columns were taken to be every column but the "
+                      f"label and group ({shown}): name them with --classes")
 
 
 def _assemble(args: argparse.Namespace, source: Any, stats: dict[str, Any],
