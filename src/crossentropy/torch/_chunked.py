@@ -148,15 +148,15 @@ def _run(
         valid = (y >= 0) & (y < vocab)
         safe = torch.where(counted & valid, y, 0).unsqueeze(1)
         z_y = z.gather(1, safe).squeeze(1)
-        z_mean = z.sum(1).div_(vocab) if eps else None
+        smoothing = z.sum(1).mul_(eps / vocab) if eps else None  # eps * mean(z)
         # The block now turns into exp(z - max) in place: one (chunk, V) buffer in all.
         zmax = z.amax(1)
         z.sub_(zmax.unsqueeze(1)).exp_()
         total = z.sum(1)
         lse = total.log().add_(zmax)
         loss = lse - (1.0 - eps) * z_y
-        if eps:
-            loss -= eps * z_mean
+        if smoothing is not None:
+            loss -= smoothing
         if z_loss:
             loss += z_loss * lse.square()
         loss = torch.where(counted, loss, 0.0)
@@ -165,6 +165,7 @@ def _run(
             continue
 
         # G = s_i [ softmax (1 + 2 z_loss lse) - (1 - eps) onehot(y) - eps / V ] * dz/du
+        assert scale is not None  # grads
         s = scale[start:stop]
         coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
         z.mul_(coef.unsqueeze(1))

@@ -306,6 +306,7 @@ def label_loss(
     """Per-token loss from the combined statistics (the reference's formula)."""
     loss = (1.0 - eps) * omega * (lse - z_y)
     if eps:
+        assert smooth_sum is not None  # gathered whenever there is smoothing
         smooth = weight_total * lse - smooth_sum
         loss = loss + torch.where(counted, (eps / vocab) * smooth, 0.0)
     if z_loss:

@@ -253,9 +253,10 @@ def _normalizer(value: Any, reduction: str) -> Any:
         return value.reshape(())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"normalize_by must be a number or a scalar tensor, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"normalize_by must be finite and >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def _reduce(loss, omega, reduction, normalize_by, batch):
