@@ -382,11 +382,12 @@ def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str |
         else:
             # The table layout: one 1-D array per class, named by the class.
             form = form or "probs"
-            if classes is None and not set(members) - {label, group, "classes"}:
+            candidates = [m for m in members if m != "classes"]
+            if classes is None and not set(candidates) - {label, group}:
                 raise ValueError(f"{path!r} has no predictions: save one of the arrays probs, "
                                  f"logits, log_probs (n, K), or one (n,) array per class; it "
                                  f"holds: {shown}")
-            arrays = _choose_columns(path, list(members), label, group, classes)
+            arrays = _choose_columns(path, candidates, label, group, classes)
             classes = arrays
             single = True
             for name in arrays:
