@@ -38,9 +38,9 @@ def make(batch, dim, vocab, *, seed=0, dtype=F64, bias=False, ignore=0.2, ignore
     return (*cast, target)
 
 
-def reference(hidden, weight, target, *, bias=None, **options):
+def reference(hidden, projection, target, *, bias=None, **options):
     """The oracle: the plain-PyTorch loss on materialised float64 logits."""
-    logits = hidden.double() @ weight.double().T
+    logits = hidden.double() @ projection.double().T
     if bias is not None:
         logits = logits + bias.double()
     return _reference.cross_entropy(logits, target, **options)
@@ -87,6 +87,63 @@ def test_matches_f_cross_entropy_and_pytorch_fused():
     fused = F.linear_cross_entropy(h, w, y, linear_bias=b, label_smoothing=0.1)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
     torch.testing.assert_close(ours, fused, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_class_weights_every_option_and_reduction(reduction, options, chunk):
+    ignore_index = options.get("ignore_index", -100)
+    h, w, b, y = make((3, 8), 17, 29, seed=2, bias=True, ignore_index=ignore_index)
+    cw = torch.rand(29, generator=torch.Generator().manual_seed(5), dtype=F64) * 2
+    cw[3] = 0.0  # a class that counts for nothing
+    ours = linear_cross_entropy(
+        h, w, y, bias=b, class_weight=cw, reduction=reduction, chunk_size=chunk, **options
+    )
+    ref = reference(h, w, y, bias=b, weight=cw, reduction=reduction, **options)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    upstream = torch.randn_like(ref) if reduction == "none" else None
+    for got, want in zip(
+        grads(ours, (h, w, b), upstream), grads(ref, (h, w, b), upstream), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_class_weights_match_pytorch():
+    # Independent source: PyTorch's unfused and fused losses with the same class weights
+    # (a fractional weight sum, so 'mean' must divide by it, not by the token count).
+    h, w, b, y = make((50,), 12, 40, bias=True, seed=4)
+    cw = torch.rand(40, generator=torch.Generator().manual_seed(1), dtype=F64) / 10
+    for reduction in REDUCTIONS:
+        ours = linear_cross_entropy(h, w, y, bias=b, class_weight=cw, label_smoothing=0.1,
+                                    reduction=reduction, chunk_size=16)
+        theirs = F.cross_entropy(h @ w.T + b, y, weight=cw, label_smoothing=0.1,
+                                 reduction=reduction)
+        fused = F.linear_cross_entropy(h, w, y, linear_bias=b, weight=cw, label_smoothing=0.1,
+                                       reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-15)
+        upstream = torch.rand_like(theirs)
+        for got, want in zip(
+            grads(ours, (h, w, b), upstream), grads(theirs, (h, w, b), upstream), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_class_weights_gradcheck_and_all_zero_weights():
+    h, w, b, y = make((5,), 3, 7, bias=True)
+    cw = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5, 0.25, 1.0], dtype=F64)
+
+    def fn(h, w, b):
+        return linear_cross_entropy(h, w, y, bias=b, class_weight=cw, chunk_size=2,
+                                    label_smoothing=0.1, z_loss=0.05, softcap=2.0)
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+    # Every counted token of a zero-weight class: sum(omega) = 0 gives 0, not NaN.
+    loss = linear_cross_entropy(h, w, y, bias=b, class_weight=torch.zeros(7, dtype=F64))
+    assert loss.item() == 0.0
+    for g in grads(loss, (h, w, b)):
+        assert torch.equal(g, torch.zeros_like(g))
 
 
 def test_hand_value():
@@ -259,6 +316,12 @@ def test_module():
         module(h, w, y, b), linear_cross_entropy(h, w, y, bias=b, label_smoothing=0.2)
     )
     assert "chunk_size=5" in repr(module)
+    cw = torch.linspace(0.5, 1.5, 9, dtype=F64)
+    weighted = LinearCrossEntropyLoss(class_weight=cw)
+    assert "class_weight" in dict(weighted.named_buffers())
+    torch.testing.assert_close(
+        weighted(h, w, y, b), linear_cross_entropy(h, w, y, bias=b, class_weight=cw)
+    )
 
 
 def test_out_of_range_label_gives_nan_without_validate():
@@ -279,6 +342,33 @@ def test_errors_name_the_argument():
         (lambda: linear_cross_entropy(h, w, y[:2]), ValueError, "target .class indices"),
         (lambda: linear_cross_entropy(h, w, y.float()), TypeError, "target must hold integer"),
         (lambda: linear_cross_entropy(h, w, y, chunk_size=0), ValueError, "chunk_size must"),
+        (
+            lambda: linear_cross_entropy(h, w, y, class_weight=torch.ones(5)),
+            ValueError,
+            r"class_weight must have shape \(6,\), one per class, got \(5,\)",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w, y, class_weight=-torch.ones(6), validate=True),
+            ValueError,
+            "class_weight must be finite and non-negative",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w, y, class_weight=torch.ones(6, dtype=torch.long)),
+            TypeError,
+            "class_weight must have a floating",
+        ),
+        (
+            lambda: linear_cross_entropy(
+                h, w, y, class_weight=torch.ones(6, requires_grad=True)
+            ),
+            ValueError,
+            "class_weight must not require grad",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w, y, class_weight=torch.ones(6), impl="triton"),
+            ValueError,
+            "impl='triton' has no class weights",
+        ),
         (lambda: linear_cross_entropy(h, w, y, reduction="avg"), ValueError, "reduction must"),
         (lambda: linear_cross_entropy(h, w, y, z_loss=float("inf")), ValueError, "z_loss must"),
         (lambda: linear_cross_entropy(h, w, y, softcap=-1), ValueError, "softcap must"),

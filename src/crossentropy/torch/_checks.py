@@ -147,16 +147,16 @@ def labels(value: torch.Tensor, num_classes: int, ignore: int) -> None:
     )
 
 
-def class_weight(value: Any, num_classes: int, validate: bool) -> None:
+def class_weight(value: Any, num_classes: int, validate: bool, name: str = "weight") -> None:
     if value is None:
         return
-    floating(value, "weight")
+    floating(value, name)
     if tuple(value.shape) != (num_classes,):
         raise ValueError(
-            f"weight must have shape ({num_classes},), one per class, got {tuple(value.shape)}"
+            f"{name} must have shape ({num_classes},), one per class, got {tuple(value.shape)}"
         )
     if validate and not bool(((value >= 0) & torch.isfinite(value)).all()):
-        raise ValueError("weight must be finite and non-negative")
+        raise ValueError(f"{name} must be finite and non-negative")
 
 
 def mask(value: Any, batch: tuple[int, ...]) -> None:

@@ -89,6 +89,7 @@ def _run(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     target: torch.Tensor,
+    class_weight: torch.Tensor | None,
     opts: Options,
     scale: torch.Tensor | None,
     needs: tuple[bool, bool, bool],
@@ -96,9 +97,16 @@ def _run(
     """Per-token losses and, when ``scale`` is given, the gradients of ``sum_i scale_i L_i``.
 
     ``hidden`` (N, D), ``weight`` (V, D), ``bias`` (V,) or None, ``target`` (N,) int64,
-    ``scale`` (N,) in the compute dtype (0 for ignored tokens).  Returns the losses (N,)
-    and ``dhidden`` (N, D) in the input dtype, ``dweight`` (V, D) and ``dbias`` (V,) in the
-    compute dtype, each None when not asked for by ``needs``.
+    ``class_weight`` (V,) in the compute dtype or None, ``scale`` (N,) in the compute
+    dtype (0 for ignored tokens).  Returns the losses (N,) and ``dhidden`` (N, D) in the
+    input dtype, ``dweight`` (V, D) and ``dbias`` (V,) in the compute dtype, each None
+    when not asked for by ``needs``.
+
+    With class weights ``w`` (see :mod:`._reference`), a counted token's loss is
+    ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - sum_c w_c z_c) + z_loss w_y lse^2``
+    with ``W = sum_c w_c``, and its gradient with respect to the logits is
+    ``softmax * ((1 - eps) w_y + eps W / V + 2 z_loss w_y lse) - (1 - eps) w_y onehot(y)
+    - eps / V w``; without them ``w = 1`` and this is the plain formula below.
     """
     num_tokens, dim = hidden.shape
     vocab = weight.shape[0]
@@ -110,6 +118,7 @@ def _run(
     grads = scale is not None
     device = hidden.device
 
+    w_total = float(vocab) if class_weight is None else class_weight.sum()  # W, sum of w_c
     losses = torch.empty(num_tokens, dtype=compute, device=device)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
     dw = torch.zeros(vocab, dim, dtype=compute, device=device) if grads and needs[1] else None
@@ -148,30 +157,51 @@ def _run(
         valid = (y >= 0) & (y < vocab)
         safe = torch.where(counted & valid, y, 0).unsqueeze(1)
         z_y = z.gather(1, safe).squeeze(1)
-        smoothing = z.sum(1).mul_(eps / vocab) if eps else None  # eps * mean(z)
+        # eps / V * sum_c w_c z_c (w = 1 without class weights), before z is overwritten.
+        if not eps:
+            smoothing = None
+        elif class_weight is None:
+            smoothing = z.sum(1).mul_(eps / vocab)
+        else:
+            smoothing = (z @ class_weight).mul_(eps / vocab)
         # The block now turns into exp(z - max) in place: one (chunk, V) buffer in all.
         zmax = z.amax(1)
         z.sub_(zmax.unsqueeze(1)).exp_()
         total = z.sum(1)
         lse = total.log().add_(zmax)
-        loss = lse - (1.0 - eps) * z_y
+        w_y = None if class_weight is None else class_weight[safe.squeeze(1)]
+        if w_y is None:
+            loss = lse - (1.0 - eps) * z_y
+        else:
+            loss = (1.0 - eps) * w_y * (lse - z_y)
+            if eps:
+                loss += (eps / vocab) * w_total * lse
         if smoothing is not None:
             loss -= smoothing
         if z_loss:
-            loss += z_loss * lse.square()
+            loss += z_loss * lse.square() if w_y is None else z_loss * w_y * lse.square()
         loss = torch.where(counted, loss, 0.0)
         losses[start:stop] = torch.where(counted & ~valid, torch.nan, loss)
         if not grads:
             continue
 
-        # G = s_i [ softmax (1 + 2 z_loss lse) - (1 - eps) onehot(y) - eps / V ] * dz/du
+        # G = s_i [ softmax (1 + 2 z_loss lse) - (1 - eps) onehot(y) - eps / V ] * dz/du,
+        # with class weights as in the docstring.
         assert scale is not None  # grads
         s = scale[start:stop]
-        coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
-        z.mul_(coef.unsqueeze(1))
-        z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
-        if eps:
-            z.sub_((eps / vocab * s).unsqueeze(1))
+        if w_y is None:
+            coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
+            z.mul_(coef.unsqueeze(1))
+            z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
+            if eps:
+                z.sub_((eps / vocab * s).unsqueeze(1))
+        else:
+            assert class_weight is not None
+            mass = (1.0 - eps) * w_y + (eps / vocab) * w_total + 2.0 * z_loss * w_y * lse
+            z.mul_((s * mass / total).unsqueeze(1))
+            z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
+            if eps:
+                z.addr_(s, class_weight, alpha=-eps / vocab)
         if tanh is not None:
             z.mul_(tanh.square_().neg_().add_(1.0))
         if db is not None:
@@ -194,24 +224,36 @@ def _run(
     return losses, dh, dw, db
 
 
-def _scale(target: torch.Tensor, opts: Options, dtype: torch.dtype) -> tuple:
-    """Per-token scale of the reduced loss, and the ``mean`` divisor (1 otherwise)."""
+def _scale(
+    target: torch.Tensor, class_weight: torch.Tensor | None, opts: Options, dtype: torch.dtype
+) -> tuple:
+    """Per-token scale of the reduced loss, and the ``mean`` divisor (1 otherwise).
+
+    The divisor is ``sum omega`` (the counted tokens, or their class weights: the rule of
+    ``F.cross_entropy``); a divisor of 0 becomes 1, so an all-ignored batch gives 0, not
+    NaN.
+    """
     counted = (target != opts.ignore_index).to(dtype)
     if opts.reduction != "mean":
         return counted, None
-    # Clamped so that an all-ignored batch gives 0 / 1 = 0 rather than NaN.
-    denom = counted.sum().clamp_min(1.0)
+    if class_weight is None:
+        denom = counted.sum()
+    else:
+        labels = torch.where(target != opts.ignore_index, target, 0)
+        denom = (class_weight[labels.clamp(0, len(class_weight) - 1)] * counted).sum()
+    denom = torch.where(denom != 0, denom, 1.0)
     return counted / denom, denom
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, opts):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, target, class_weight, opts):  # type: ignore[override]
         compute = _compute_dtype(hidden.dtype)
         in_forward = any(opts.needs_grad) and opts.reduction != "none"
-        scale, denom = _scale(target, opts, compute)
+        scale, denom = _scale(target, class_weight, opts, compute)
         losses, dh, dw, db = _run(
-            hidden, weight, bias, target, opts, scale if in_forward else None, opts.needs_grad
+            hidden, weight, bias, target, class_weight, opts,
+            scale if in_forward else None, opts.needs_grad,
         )
         if opts.reduction == "none":
             out = losses
@@ -222,7 +264,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.opts = opts
         ctx.grads = None
         if any(opts.needs_grad):
-            ctx.save_for_backward(hidden, weight, bias, target)
+            ctx.save_for_backward(hidden, weight, bias, target, class_weight)
         if in_forward:
             ctx.grads = _finish(dh, dw, db, weight, bias)
         return out
@@ -248,22 +290,24 @@ def _backward(ctx, grad):
     else:
         # reduction='none', or a second backward (retain_graph): recompute, with the same
         # per-token scale as the forward pass so that the result is bit for bit the same.
-        hidden, weight, bias, target = ctx.saved_tensors
+        hidden, weight, bias, target, class_weight = ctx.saved_tensors
         compute = _compute_dtype(hidden.dtype)
         if opts.reduction == "none":
             counted = target != opts.ignore_index
             scale = torch.where(counted, grad.to(compute), 0.0)
             grad = None
         else:
-            scale, _ = _scale(target, opts, compute)
-        _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
+            scale, _ = _scale(target, class_weight, opts, compute)
+        _, dh, dw, db = _run(
+            hidden, weight, bias, target, class_weight, opts, scale, opts.needs_grad
+        )
         grads = _finish(dh, dw, db, weight, bias)
     if grad is not None:
         for g in grads:
             if g is not None:
                 g.mul_(grad)
     dh, dw, db = grads
-    return dh, dw, db, None, None
+    return dh, dw, db, None, None, None
 
 
 def _finish(dh, dw, db, weight, bias):
@@ -282,6 +326,10 @@ def apply(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     opts: Options,
+    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the fused loss; ``torch.compile`` calls it as an opaque eager function."""
-    return _LinearCrossEntropy.apply(hidden, weight, bias, target, opts)
+    """Run the fused loss; ``torch.compile`` calls it as an opaque eager function.
+
+    ``class_weight`` (V,), in the compute dtype, is a constant: it gets no gradient.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, bias, target, class_weight, opts)

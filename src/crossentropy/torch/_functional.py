@@ -260,6 +260,7 @@ def linear_cross_entropy(
     target: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
@@ -286,6 +287,11 @@ def linear_cross_entropy(
     target : integer Tensor, shape (...)
         Class indices in ``[0, V)`` or equal to ``ignore_index``.
     bias : Tensor, shape (V,), optional
+    class_weight : Tensor, shape (V,), optional
+        Per-class weights: :func:`cross_entropy`'s ``weight`` (``F.linear_cross_entropy``'s
+        ``weight``; here ``weight`` is the projection), with the same ``mean`` rule
+        (divided by the summed weights of the counted tokens).  A constant: it gets no
+        gradient, and one that requires grad is refused.
     ignore_index, reduction, label_smoothing, z_loss, softcap, validate, impl
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
     chunk_size : int, optional
@@ -319,8 +325,10 @@ def linear_cross_entropy(
       right.  Double backward (``create_graph=True``) is not supported and raises.
     * Under ``torch.compile`` the function runs eagerly (a graph break), like
       PyTorch's own chunked path.
-    * Class weights and probability targets are not supported here (they would need a
-      ``(N, V)`` target); use :func:`cross_entropy` on the logits for those.
+    * Probability targets are not supported here (they would need a ``(N, V)`` target);
+      use :func:`cross_entropy` on the logits for those.
+    * ``impl='auto'`` keeps class weights on this plain-PyTorch path (the Triton fused
+      kernel has none); ``impl='triton'`` with ``class_weight`` raises.
 
     Examples
     --------
@@ -356,12 +364,19 @@ def linear_cross_entropy(
             "targets need the full logits: use cross_entropy)"
         )
     ignore = _checks.ignore_index(ignore_index)
-    _checks.target(target, (*hidden.shape[:-1], vocab), _checks.reads_data(validate, hidden),
-                   ignore)
+    reads_data = _checks.reads_data(validate, hidden)
+    _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)
+    _checks.class_weight(class_weight, vocab, reads_data, "class_weight")
+    if class_weight is not None and class_weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError("class_weight must not require grad: the fused loss treats it as a "
+                         "constant (use cross_entropy on the logits for its gradient)")
     reduction = _checks.reduction(reduction)
     chunk = _checks.chunk_size(chunk_size)
     cap = _checks.softcap(softcap)
-    if _use_triton(impl, hidden):
+    if class_weight is not None and impl == "triton":
+        raise ValueError("impl='triton' has no class weights in the fused kernel; use "
+                         "impl='torch' (or 'auto') with class_weight")
+    if _use_triton(impl, hidden) and class_weight is None:
         from ._triton import LinearOptions, triton_linear_cross_entropy
 
         options = LinearOptions(
@@ -390,7 +405,9 @@ def linear_cross_entropy(
             enabled and bias is not None and bias.requires_grad,
         ),
     )
-    loss = _chunked.apply(flat, weight, bias, labels, opts)
+    if class_weight is not None:
+        class_weight = class_weight.to(_reference.compute_dtype(hidden.dtype))
+    loss = _chunked.apply(flat, weight, bias, labels, opts, class_weight)
     if reduction == "none":
         loss = loss.reshape(hidden.shape[:-1])
     return loss

@@ -89,9 +89,9 @@ class KLLoss(_DenseLoss):
 class LinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`crossentropy.torch.linear_cross_entropy`.
 
-    The module holds the options only; the projection's ``weight`` (and ``bias``) are
-    passed to ``forward``, so a model can share its own output layer (e.g. tied
-    embeddings).
+    The module holds the options (and ``class_weight``, as a buffer); the projection's
+    ``weight`` (and ``bias``) are passed to ``forward``, so a model can share its own
+    output layer (e.g. tied embeddings).
 
     Examples
     --------
@@ -106,9 +106,12 @@ class LinearCrossEntropyLoss(nn.Module):
     torch.Size([3, 2])
     """
 
+    class_weight: torch.Tensor | None
+
     def __init__(
         self,
         *,
+        class_weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
@@ -119,6 +122,7 @@ class LinearCrossEntropyLoss(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.register_buffer("class_weight", class_weight)
         self.ignore_index = _checks.ignore_index(ignore_index)
         self.reduction = _checks.reduction(reduction)
         self.label_smoothing = _checks.label_smoothing(label_smoothing)
@@ -140,6 +144,7 @@ class LinearCrossEntropyLoss(nn.Module):
             weight,
             target,
             bias=bias,
+            class_weight=self.class_weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
