@@ -146,6 +146,82 @@ def test_class_weights_gradcheck_and_all_zero_weights():
         assert torch.equal(g, torch.zeros_like(g))
 
 
+def soft_target(shape, vocab, seed=0):
+    """Teacher probabilities, with some exact zeros (0 log 0 = 0 must hold)."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn(*shape, vocab, generator=gen, dtype=F64) * 2, dim=-1)
+    p[..., 1] = 0.0
+    return p / p.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_probability_targets_every_option_and_reduction(reduction, options, weighted):
+    options = {k: v for k, v in options.items() if k != "ignore_index"}  # labels only
+    h, w, b, _ = make((3, 8), 17, 29, seed=6, bias=True)
+    t = soft_target((3, 8), 29, seed=1)
+    cw = torch.rand(29, generator=torch.Generator().manual_seed(2), dtype=F64) if weighted else None
+    ours = linear_cross_entropy(
+        h, w, t, bias=b, class_weight=cw, reduction=reduction, chunk_size=5, **options
+    )
+    ref = reference(h, w, t, bias=b, weight=cw, reduction=reduction, **options)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    upstream = torch.randn_like(ref) if reduction == "none" else None
+    for got, want in zip(
+        grads(ours, (h, w, b), upstream), grads(ref, (h, w, b), upstream), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_probability_targets_match_pytorch_and_gradcheck():
+    # Independent source: F.cross_entropy and F.linear_cross_entropy with probability
+    # targets (weights and smoothing too), in float64.
+    h, w, b, _ = make((40,), 12, 30, bias=True, seed=8)
+    t = soft_target((40,), 30, seed=3)
+    cw = torch.rand(30, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for reduction in REDUCTIONS:
+        ours = linear_cross_entropy(h, w, t, bias=b, class_weight=cw, label_smoothing=0.2,
+                                    reduction=reduction, chunk_size=16)
+        theirs = F.cross_entropy(h @ w.T + b, t, weight=cw, label_smoothing=0.2,
+                                 reduction=reduction)
+        fused = F.linear_cross_entropy(h, w, t, linear_bias=b, weight=cw,
+                                       label_smoothing=0.2, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-15)
+    h, w, b, _ = make((5,), 3, 7, bias=True)
+    t = soft_target((5,), 7)
+
+    def fn(h, w, b):
+        return linear_cross_entropy(h, w, t, bias=b, chunk_size=2, label_smoothing=0.1,
+                                    z_loss=0.05, softcap=2.0)
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+def test_probability_targets_in_half_precision_and_one_hot_equals_labels():
+    h64, w64, _, y = make((200,), 32, 300, seed=9, ignore=0.0)
+    one_hot = F.one_hot(y, 300).double()
+    torch.testing.assert_close(
+        linear_cross_entropy(h64, w64, one_hot, chunk_size=64),
+        linear_cross_entropy(h64, w64, y, chunk_size=64),
+        rtol=1e-12, atol=0,
+    )
+    t64 = soft_target((200,), 300, seed=5)
+    ref = reference(h64, w64, t64)
+    ref_grads = grads(ref, (h64, w64))
+    h, w = (x.detach().to(torch.bfloat16).requires_grad_() for x in (h64, w64))
+    ours = linear_cross_entropy(h, w, t64.to(torch.bfloat16), chunk_size=64)
+    theirs = F.cross_entropy(h @ w.T, t64.to(torch.bfloat16))
+    assert ours.dtype == torch.float32
+    assert abs(ours.double() - ref) <= abs(theirs.double() - ref) + 1e-3
+    for got, pt, want in zip(grads(ours, (h, w)), grads(theirs, (h, w)), ref_grads, strict=True):
+        assert got.dtype == torch.bfloat16
+        err = ((got.double() - want).norm() / want.norm()).item()
+        err_pt = ((pt.double() - want).norm() / want.norm()).item()
+        assert err <= err_pt + 2e-3, (err, err_pt)
+
+
 def test_hand_value():
     # Hand derivation: logits (2, 0, 0) for the counted row give log(e^2 + 2) - 2.
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -340,7 +416,29 @@ def test_errors_name_the_argument():
         (lambda: linear_cross_entropy(h, w, y, bias=b[:4]), ValueError, "bias must have shape"),
         (lambda: linear_cross_entropy(h, w, y, bias=b.double()), TypeError, "bias must have"),
         (lambda: linear_cross_entropy(h, w, y[:2]), ValueError, "target .class indices"),
-        (lambda: linear_cross_entropy(h, w, y.float()), TypeError, "target must hold integer"),
+        (
+            lambda: linear_cross_entropy(h, w, y.float()),
+            ValueError,
+            r"target \(probabilities\) must have the logits' shape \(3, 6\), got \(3,\)",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w, torch.full((3, 6), 0.2), validate=True),
+            ValueError,
+            "target does not sum to 1",
+        ),
+        (
+            lambda: linear_cross_entropy(
+                h, w, torch.full((3, 6), 1 / 6, requires_grad=True)
+            ),
+            ValueError,
+            r"target \(probabilities\) must not require grad",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w, torch.full((3, 6), 1 / 6), impl="triton"),
+            ValueError,
+            "impl='triton' has no probability targets",
+        ),
+        (lambda: linear_cross_entropy(h, w, y.bool()), TypeError, "target must hold integer"),
         (lambda: linear_cross_entropy(h, w, y, chunk_size=0), ValueError, "chunk_size must"),
         (
             lambda: linear_cross_entropy(h, w, y, class_weight=torch.ones(5)),

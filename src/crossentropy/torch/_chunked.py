@@ -8,8 +8,12 @@ needed) the gradient ``G = dL/dz`` in the same buffer, which is immediately cons
 ``6 N D V`` FLOPs, the minimum.  ``backward`` then only scales the stored gradients by the
 incoming (scalar) gradient, in place.
 
-Layers: :func:`_run` is the host forward/backward; :class:`_LinearCrossEntropy` is the one
-``torch.autograd.Function``, taking tensors plus a frozen :class:`Options`.
+Class indices and probability targets (soft labels) are both taken; for the latter each
+chunk copies its rows of the target, which is then the only ``(N, V)`` tensor.
+
+Layers: :func:`_run` is the host forward/backward; :func:`_label_chunk` and
+:func:`_probability_chunk` give one chunk's loss and gradient; :class:`_LinearCrossEntropy`
+is the one ``torch.autograd.Function``, taking tensors plus a frozen :class:`Options`.
 
 Exactness of the backward:
 
@@ -96,29 +100,21 @@ def _run(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-token losses and, when ``scale`` is given, the gradients of ``sum_i scale_i L_i``.
 
-    ``hidden`` (N, D), ``weight`` (V, D), ``bias`` (V,) or None, ``target`` (N,) int64,
-    ``class_weight`` (V,) in the compute dtype or None, ``scale`` (N,) in the compute
-    dtype (0 for ignored tokens).  Returns the losses (N,) and ``dhidden`` (N, D) in the
-    input dtype, ``dweight`` (V, D) and ``dbias`` (V,) in the compute dtype, each None
-    when not asked for by ``needs``.
-
-    With class weights ``w`` (see :mod:`._reference`), a counted token's loss is
-    ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - sum_c w_c z_c) + z_loss w_y lse^2``
-    with ``W = sum_c w_c``, and its gradient with respect to the logits is
-    ``softmax * ((1 - eps) w_y + eps W / V + 2 z_loss w_y lse) - (1 - eps) w_y onehot(y)
-    - eps / V w``; without them ``w = 1`` and this is the plain formula below.
+    ``hidden`` (N, D), ``weight`` (V, D), ``bias`` (V,) or None, ``target`` (N,) int64
+    class indices or (N, V) probabilities, ``class_weight`` (V,) in the compute dtype or
+    None, ``scale`` (N,) in the compute dtype (0 for ignored tokens).  Returns the losses
+    (N,) and ``dhidden`` (N, D) in the input dtype, ``dweight`` (V, D) and ``dbias`` (V,)
+    in the compute dtype, each None when not asked for by ``needs``.
     """
     num_tokens, dim = hidden.shape
     vocab = weight.shape[0]
     dtype = hidden.dtype
     compute = _compute_dtype(dtype)
-    eps = float(opts.label_smoothing)
     cap = opts.softcap
-    z_loss = float(opts.z_loss)
     grads = scale is not None
     device = hidden.device
+    soft = target.dtype.is_floating_point
 
-    w_total = float(vocab) if class_weight is None else class_weight.sum()  # W, sum of w_c
     losses = torch.empty(num_tokens, dtype=compute, device=device)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
     dw = torch.zeros(vocab, dim, dtype=compute, device=device) if grads and needs[1] else None
@@ -132,12 +128,12 @@ def _run(
     zbuf = torch.empty(rows, vocab, dtype=compute, device=device)
     hbuf = torch.empty(rows, vocab, dtype=dtype, device=device) if compute != dtype else None
     tbuf = torch.empty_like(zbuf) if grads and cap is not None else None
+    pbuf = torch.empty_like(zbuf) if soft else None
 
     for start in range(0, num_tokens, opts.chunk_size):
         stop = min(start + opts.chunk_size, num_tokens)
         n = stop - start
         h = hidden[start:stop]
-        y = target[start:stop]
         z = zbuf[:n]
         raw = z if hbuf is None else hbuf[:n]
         if bias is None:
@@ -153,55 +149,15 @@ def _run(
                 tanh = tbuf[:n].copy_(z)
             z.mul_(cap)
 
-        counted = y != opts.ignore_index
-        valid = (y >= 0) & (y < vocab)
-        safe = torch.where(counted & valid, y, 0).unsqueeze(1)
-        z_y = z.gather(1, safe).squeeze(1)
-        # eps / V * sum_c w_c z_c (w = 1 without class weights), before z is overwritten.
-        if not eps:
-            smoothing = None
-        elif class_weight is None:
-            smoothing = z.sum(1).mul_(eps / vocab)
+        # The loss, and (with a scale) the gradient G = dL/dz written over z in place.
+        s = None if scale is None else scale[start:stop]
+        if pbuf is not None:
+            t = pbuf[:n].copy_(target[start:stop])
+            losses[start:stop] = _probability_chunk(z, t, class_weight, opts, s)
         else:
-            smoothing = (z @ class_weight).mul_(eps / vocab)
-        # The block now turns into exp(z - max) in place: one (chunk, V) buffer in all.
-        zmax = z.amax(1)
-        z.sub_(zmax.unsqueeze(1)).exp_()
-        total = z.sum(1)
-        lse = total.log().add_(zmax)
-        w_y = None if class_weight is None else class_weight[safe.squeeze(1)]
-        if w_y is None:
-            loss = lse - (1.0 - eps) * z_y
-        else:
-            loss = (1.0 - eps) * w_y * (lse - z_y)
-            if eps:
-                loss += (eps / vocab) * w_total * lse
-        if smoothing is not None:
-            loss -= smoothing
-        if z_loss:
-            loss += z_loss * lse.square() if w_y is None else z_loss * w_y * lse.square()
-        loss = torch.where(counted, loss, 0.0)
-        losses[start:stop] = torch.where(counted & ~valid, torch.nan, loss)
-        if not grads:
+            losses[start:stop] = _label_chunk(z, target[start:stop], class_weight, opts, s)
+        if s is None:
             continue
-
-        # G = s_i [ softmax (1 + 2 z_loss lse) - (1 - eps) onehot(y) - eps / V ] * dz/du,
-        # with class weights as in the docstring.
-        assert scale is not None  # grads
-        s = scale[start:stop]
-        if w_y is None:
-            coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
-            z.mul_(coef.unsqueeze(1))
-            z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
-            if eps:
-                z.sub_((eps / vocab * s).unsqueeze(1))
-        else:
-            assert class_weight is not None
-            mass = (1.0 - eps) * w_y + (eps / vocab) * w_total + 2.0 * z_loss * w_y * lse
-            z.mul_((s * mass / total).unsqueeze(1))
-            z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
-            if eps:
-                z.addr_(s, class_weight, alpha=-eps / vocab)
         if tanh is not None:
             z.mul_(tanh.square_().neg_().add_(1.0))
         if db is not None:
@@ -224,6 +180,107 @@ def _run(
     return losses, dh, dw, db
 
 
+def _exp_in_place(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn ``z`` into ``exp(z - max)`` in place; return the row sums and log-sum-exp."""
+    zmax = z.amax(1)
+    z.sub_(zmax.unsqueeze(1)).exp_()
+    total = z.sum(1)
+    return total, total.log().add_(zmax)
+
+
+def _label_chunk(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    opts: Options,
+    s: torch.Tensor | None,
+) -> torch.Tensor:
+    """Losses of a chunk of logits ``z`` against class indices ``y``; G over ``z`` if ``s``.
+
+    With class weights ``w`` (see :mod:`._reference`), a counted token's loss is
+    ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - sum_c w_c z_c) + z_loss w_y lse^2``
+    with ``W = sum_c w_c``, and ``G = s [softmax ((1 - eps) w_y + eps W / V
+    + 2 z_loss w_y lse) - (1 - eps) w_y onehot(y) - eps / V w]``; ``w = 1`` without them.
+    """
+    vocab = z.shape[1]
+    eps, z_loss = float(opts.label_smoothing), float(opts.z_loss)
+    counted = y != opts.ignore_index
+    valid = (y >= 0) & (y < vocab)
+    safe = torch.where(counted & valid, y, 0).unsqueeze(1)
+    z_y = z.gather(1, safe).squeeze(1)
+    # eps / V * sum_c w_c z_c, before z is overwritten.
+    if not eps:
+        smoothing = None
+    elif class_weight is None:
+        smoothing = z.sum(1).mul_(eps / vocab)
+    else:
+        smoothing = (z @ class_weight).mul_(eps / vocab)
+    total, lse = _exp_in_place(z)
+    if class_weight is None:
+        loss = lse - (1.0 - eps) * z_y
+        if z_loss:
+            loss += z_loss * lse.square()
+    else:
+        w_y = class_weight[safe.squeeze(1)]
+        loss = (1.0 - eps) * w_y * (lse - z_y) + z_loss * w_y * lse.square()
+        if eps:
+            loss += (eps / vocab) * class_weight.sum() * lse
+    if smoothing is not None:
+        loss -= smoothing
+    loss = torch.where(counted, loss, 0.0)
+    loss = torch.where(counted & ~valid, torch.nan, loss)
+    if s is None:
+        return loss
+    if class_weight is None:
+        coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
+        z.mul_(coef.unsqueeze(1))
+        z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
+        if eps:
+            z.sub_((eps / vocab * s).unsqueeze(1))
+    else:
+        mass = (1.0 - eps) * w_y + (eps / vocab) * class_weight.sum() + 2.0 * z_loss * w_y * lse
+        z.mul_((s * mass / total).unsqueeze(1))
+        z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
+        if eps:
+            z.addr_(s, class_weight, alpha=-eps / vocab)
+    return loss
+
+
+def _probability_chunk(
+    z: torch.Tensor,
+    t: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    opts: Options,
+    s: torch.Tensor | None,
+) -> torch.Tensor:
+    """Losses of logits ``z`` against probabilities ``t`` (overwritten); G over ``z`` if ``s``.
+
+    With ``u = w * ((1 - eps) t + eps / V)`` (``w = 1`` without class weights) the loss
+    is ``sum_c u_c (lse - z_c) + z_loss lse^2`` and
+    ``G = s [softmax (sum_c u_c + 2 z_loss lse) - u]``.
+    """
+    vocab = z.shape[1]
+    eps, z_loss = float(opts.label_smoothing), float(opts.z_loss)
+    u = t
+    if eps:
+        u.mul_(1.0 - eps).add_(eps / vocab)
+    if class_weight is not None:
+        u.mul_(class_weight)
+    mass = u.sum(1)
+    # Row-wise dot products u . z as one batched product: no (chunk, V) temporary.
+    cross = torch.bmm(u.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
+    total, lse = _exp_in_place(z)
+    loss = mass * lse - cross
+    if z_loss:
+        loss += z_loss * lse.square()
+    if s is None:
+        return loss
+    coef = s * (mass + 2.0 * z_loss * lse) / total
+    z.mul_(coef.unsqueeze(1))
+    z.addcmul_(u, s.unsqueeze(1), value=-1.0)
+    return loss
+
+
 def _scale(
     target: torch.Tensor, class_weight: torch.Tensor | None, opts: Options, dtype: torch.dtype
 ) -> tuple:
@@ -233,10 +290,13 @@ def _scale(
     ``F.cross_entropy``); a divisor of 0 becomes 1, so an all-ignored batch gives 0, not
     NaN.
     """
-    counted = (target != opts.ignore_index).to(dtype)
+    if target.dtype.is_floating_point:  # probabilities: every token counts, omega = 1
+        counted = torch.ones(target.shape[0], dtype=dtype, device=target.device)
+    else:
+        counted = (target != opts.ignore_index).to(dtype)
     if opts.reduction != "mean":
         return counted, None
-    if class_weight is None:
+    if class_weight is None or target.dtype.is_floating_point:
         denom = counted.sum()
     else:
         labels = torch.where(target != opts.ignore_index, target, 0)
@@ -293,8 +353,8 @@ def _backward(ctx, grad):
         hidden, weight, bias, target, class_weight = ctx.saved_tensors
         compute = _compute_dtype(hidden.dtype)
         if opts.reduction == "none":
-            counted = target != opts.ignore_index
-            scale = torch.where(counted, grad.to(compute), 0.0)
+            counted, _ = _scale(target, class_weight, opts, compute)
+            scale = torch.where(counted != 0, grad.to(compute), 0.0)
             grad = None
         else:
             scale, _ = _scale(target, class_weight, opts, compute)

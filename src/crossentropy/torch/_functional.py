@@ -284,8 +284,11 @@ def linear_cross_entropy(
         Hidden states of ``N = prod(...)`` tokens.
     weight : Tensor, shape (V, D)
         The output projection (e.g. the language-model head), same dtype as ``hidden``.
-    target : integer Tensor, shape (...)
-        Class indices in ``[0, V)`` or equal to ``ignore_index``.
+    target : Tensor, shape (...) integer or (..., V) floating
+        Class indices in ``[0, V)`` or equal to ``ignore_index``, or probabilities (soft
+        labels, e.g. a teacher's): then each chunk reads its rows of the target, and
+        only the target itself is ``(N, V)``.  A constant: a target that requires grad is
+        refused.
     bias : Tensor, shape (V,), optional
     class_weight : Tensor, shape (V,), optional
         Per-class weights: :func:`cross_entropy`'s ``weight`` (``F.linear_cross_entropy``'s
@@ -325,10 +328,8 @@ def linear_cross_entropy(
       right.  Double backward (``create_graph=True``) is not supported and raises.
     * Under ``torch.compile`` the function runs eagerly (a graph break), like
       PyTorch's own chunked path.
-    * Probability targets are not supported here (they would need a ``(N, V)`` target);
-      use :func:`cross_entropy` on the logits for those.
-    * ``impl='auto'`` keeps class weights on this plain-PyTorch path (the Triton fused
-      kernel has none); ``impl='triton'`` with ``class_weight`` raises.
+    * ``impl='auto'`` keeps class weights and probability targets on this plain-PyTorch
+      path (the Triton fused kernel has neither); ``impl='triton'`` with them raises.
 
     Examples
     --------
@@ -357,15 +358,12 @@ def linear_cross_entropy(
             raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
         if bias.dtype != hidden.dtype:
             raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
-    _checks.tensor(target, "target")
-    if target.dtype.is_floating_point:
-        raise TypeError(
-            "target must hold integer class indices for linear_cross_entropy (probability "
-            "targets need the full logits: use cross_entropy)"
-        )
     ignore = _checks.ignore_index(ignore_index)
     reads_data = _checks.reads_data(validate, hidden)
-    _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)
+    soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)
+    if soft and target.requires_grad and torch.is_grad_enabled():
+        raise ValueError("target (probabilities) must not require grad: the fused loss treats "
+                         "it as a constant (use cross_entropy on the logits for its gradient)")
     _checks.class_weight(class_weight, vocab, reads_data, "class_weight")
     if class_weight is not None and class_weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("class_weight must not require grad: the fused loss treats it as a "
@@ -376,7 +374,10 @@ def linear_cross_entropy(
     if class_weight is not None and impl == "triton":
         raise ValueError("impl='triton' has no class weights in the fused kernel; use "
                          "impl='torch' (or 'auto') with class_weight")
-    if _use_triton(impl, hidden) and class_weight is None:
+    if soft and impl == "triton":
+        raise ValueError("impl='triton' has no probability targets in the fused kernel; use "
+                         "impl='torch' (or 'auto')")
+    if _use_triton(impl, hidden) and class_weight is None and not soft:
         from ._triton import LinearOptions, triton_linear_cross_entropy
 
         options = LinearOptions(
@@ -386,7 +387,7 @@ def linear_cross_entropy(
         return triton_linear_cross_entropy(hidden, weight, target, bias, options)
 
     flat = hidden.reshape(-1, dim).contiguous()
-    labels = target.reshape(-1).long()
+    labels = target.reshape(-1, vocab) if soft else target.reshape(-1).long()
     if chunk is None:
         chunk = _chunked.default_chunk_size(
             flat.shape[0], vocab, dim, hidden.dtype, cap is not None
