@@ -577,8 +577,9 @@ def vocab_parallel_linear_cross_entropy(
     MAX and one ``all_reduce`` SUM of ``N`` and ``2N`` (``3N`` with smoothing) floats.
     Backward: one ``all_reduce`` SUM of the ``(N, D)`` hidden gradient in float32 (float64
     for float64).  Backward recomputes the logits chunk by chunk: ``8 N D C_r`` FLOPs per
-    rank in all.  Probability targets and class weights are not supported (as in
-    :func:`~crossentropy.torch.linear_cross_entropy`).
+    rank in all.  Probability targets and class weights are not supported here yet
+    (:func:`~crossentropy.torch.linear_cross_entropy` takes both on one process;
+    :func:`vocab_parallel_cross_entropy` takes both on logits shards).
 
     Examples
     --------
