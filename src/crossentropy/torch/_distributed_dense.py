@@ -47,15 +47,27 @@ def _capped(logits, a, b, buf, cap, keep=None):
 
 def _forward_stats(logits, target, weight, opts):
     """Per-token losses, token weights and what backward needs."""
-    layout = opts.layout
     n_tok, width = logits.shape
     compute = core.compute_dtype(logits.dtype)
+    rows = min(opts.chunk_size, max(n_tok, 1))
+    buf = torch.empty(rows, width, dtype=compute, device=logits.device)
+    return forward_stats(
+        lambda a, b: _capped(logits, a, b, buf, opts.softcap), rows, n_tok, target, weight,
+        opts, compute, logits.device,
+    )
+
+
+def forward_stats(logits_of, rows, n_tok, target, weight, opts, compute, device):
+    """Per-token losses, token weights and what backward needs (``saved``).
+
+    ``logits_of(a, b)`` gives the capped compute-dtype logits of tokens ``a:b`` in a
+    reusable block (overwritten here); chunks are ``rows`` tokens.  Shared by the dense
+    loss (a copy of the logits shard) and the fused one (a matrix product).
+    """
+    layout = opts.layout
     eps = opts.label_smoothing
     vocab = layout.vocab
-    device = logits.device
     w = None if weight is None else weight.to(compute)
-    rows = min(opts.chunk_size, max(n_tok, 1))
-    buf = torch.empty(rows, width, dtype=compute, device=device)
     zmax = torch.empty(n_tok, dtype=compute, device=device)
     sumexp = torch.empty_like(zmax)
     if opts.soft:
@@ -63,7 +75,7 @@ def _forward_stats(logits, target, weight, opts):
         dot = torch.empty_like(zmax)
         for a in range(0, n_tok, rows):
             b = min(a + rows, n_tok)
-            z = _capped(logits, a, b, buf, opts.softcap)
+            z = logits_of(a, b)
             wt = _soft_weights(target[a:b], w, eps, vocab, compute)
             total_t[a:b] = wt.sum(1)
             dot[a:b] = (wt * z).sum(1)
@@ -84,7 +96,7 @@ def _forward_stats(logits, target, weight, opts):
         cols.append(torch.empty_like(zmax))
     for a in range(0, n_tok, rows):
         b = min(a + rows, n_tok)
-        z = _capped(logits, a, b, buf, opts.softcap)
+        z = logits_of(a, b)
         stats = core.label_stats(z, hit[a:b], local[a:b], w, bool(eps))
         zmax[a:b], sumexp[a:b] = stats[0], stats[1]
         for col, value in zip(cols, stats[2:], strict=True):
@@ -132,6 +144,54 @@ def _soft_weights(t, w, eps, vocab, compute):
     return wt
 
 
+class GradientOfChunk:
+    """``G = dloss/dz`` of a chunk of capped logits, written over them in place.
+
+    Built once per backward from what :func:`forward_stats` saved; shared by the dense
+    and the fused loss.
+    """
+
+    def __init__(self, target, w, saved, w_total, opts, compute):
+        self.target, self.w, self.opts, self.compute = target, w, opts, compute
+        if opts.soft:
+            self.lse, t_sum = saved
+            self.coef = t_sum + 2.0 * opts.z_loss * self.lse if opts.z_loss else t_sum
+            self.counted = None
+        else:
+            self.lse, self.omega = saved[0], saved[1]
+            self.w_total = saved[2] if len(saved) > 2 else w_total
+            self.counted, _, self.hit, self.local = core.label_positions(
+                target, opts.layout, opts.ignore_index
+            )
+
+    def mask(self, scale: torch.Tensor) -> torch.Tensor:
+        """The per-token upstream gradient, 0 for ignored tokens."""
+        return scale if self.counted is None else torch.where(self.counted, scale, 0.0)
+
+    def __call__(self, z: torch.Tensor, a: int, b: int, s: torch.Tensor) -> None:
+        opts = self.opts
+        eps, vocab = opts.label_smoothing, opts.layout.vocab
+        if opts.soft:
+            wt = _soft_weights(self.target[a:b], self.w, eps, vocab, self.compute)
+            z.sub_(self.lse[a:b].unsqueeze(1)).exp_().mul_((s * self.coef[a:b]).unsqueeze(1))
+            z.sub_(wt * s.unsqueeze(1))
+            return
+        core.label_grad_(
+            z,
+            self.lse[a:b],
+            s,
+            self.omega[a:b],
+            self.counted[a:b],
+            self.hit[a:b],
+            self.local[a:b],
+            self.w,
+            self.w_total,
+            eps=eps,
+            vocab=vocab,
+            z_loss=opts.z_loss,
+        )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, opts):  # type: ignore[override]
@@ -150,11 +210,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad, _grad_omega):  # type: ignore[override]
         opts = ctx.opts
         logits, target, weight, *saved = ctx.saved_tensors
-        layout = opts.layout
         compute = core.compute_dtype(logits.dtype)
         n_tok, width = logits.shape
         eps = opts.label_smoothing
-        vocab = layout.vocab
         w = None if weight is None else weight.to(compute)
         scale = grad.to(compute)
         need_logits, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -168,14 +226,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         keep = None
         if opts.softcap is not None:
             keep = logits.new_empty(rows, width, dtype=compute)
-        if opts.soft:
-            lse, t_sum = saved
-            coef = t_sum + 2.0 * opts.z_loss * lse if opts.z_loss else t_sum
-        else:
-            lse, omega = saved[0], saved[1]
-            w_total = saved[2] if len(saved) > 2 else ctx.w_total
-            counted, _, hit, local = core.label_positions(target, layout, opts.ignore_index)
-            scale = torch.where(counted, scale, 0.0)
+        grad_ = GradientOfChunk(target, w, saved, ctx.w_total, opts, compute)
+        scale = grad_.mask(scale)
+        lse = grad_.lse
         for a in range(0, n_tok, rows):
             b = min(a + rows, n_tok)
             s = scale[a:b]
@@ -185,34 +238,14 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 z.copy_(logits[a:b])
             else:
                 z = _capped(logits, a, b, buf, opts.softcap, keep)
-            if opts.soft:
-                wt = _soft_weights(target[a:b], w, eps, vocab, compute)
-                if dtarget is not None:
-                    dt = (lse[a:b].unsqueeze(1) - z) * ((1.0 - eps) * s).unsqueeze(1)
-                    if w is not None:
-                        dt = dt * w
-                    dtarget[a:b] = dt
-                if dlogits is None:
-                    continue
-                z.sub_(lse[a:b].unsqueeze(1)).exp_().mul_((s * coef[a:b]).unsqueeze(1))
-                z.sub_(wt * s.unsqueeze(1))
-            else:
-                if dlogits is None:
-                    continue
-                core.label_grad_(
-                    z,
-                    lse[a:b],
-                    s,
-                    omega[a:b],
-                    counted[a:b],
-                    hit[a:b],
-                    local[a:b],
-                    w,
-                    w_total,
-                    eps=eps,
-                    vocab=vocab,
-                    z_loss=opts.z_loss,
-                )
+            if opts.soft and dtarget is not None:
+                dt = (lse[a:b].unsqueeze(1) - z) * ((1.0 - eps) * s).unsqueeze(1)
+                if w is not None:
+                    dt = dt * w
+                dtarget[a:b] = dt
+            if dlogits is None:
+                continue
+            grad_(z, a, b, s)
             if keep is not None:
                 z.mul_(keep[: b - a].square_().neg_().add_(1.0))
             if buf is not None:
