@@ -339,6 +339,46 @@ def fused_every_option(rank, world):
 
 
 @check
+def fused_class_weights_and_probability_targets(rank, world):
+    # Against the single-process float64 reference on the whole weight (class weights and
+    # probability targets sharded like the weight's rows), for each kind of target.
+    grid = itertools.product(
+        SPLITS[world], (False, True), ("mean", "sum", "none"), (0.0, 0.1), (0.0, 1e-2)
+    )
+    for i, (sizes, soft, reduction, eps, zl) in enumerate(grid):
+        if i % STRIDE[world]:
+            continue
+        classes = sum(sizes)
+        a, b = bounds(sizes, rank)
+        gen = torch.Generator().manual_seed(300 + i)
+        n, d = 11, 5
+        hidden = torch.randn(n, d, generator=gen, dtype=F64)
+        weight = torch.randn(classes, d, generator=gen, dtype=F64)
+        cw = torch.rand(classes, generator=gen, dtype=F64) + 0.25
+        _, target = make((n,), classes, seed=400 + i, soft=soft)
+        upstream = torch.randn(n, generator=gen, dtype=F64) if reduction == "none" else None
+        cap = 4.0 if i % 4 == 0 else None
+        opts = dict(reduction=reduction, label_smoothing=eps, z_loss=zl, softcap=cap)
+
+        h_ref = hidden.clone().requires_grad_()
+        w_ref = weight.clone().requires_grad_()
+        ref = cross_entropy(h_ref @ w_ref.T, target, weight=cw, **opts)
+        (ref if upstream is None else ref * upstream).sum().backward()
+
+        h = hidden.clone().requires_grad_()
+        w = weight[a:b].clone().requires_grad_()
+        shard = target[:, a:b] if soft else target
+        out = vocab_parallel_linear_cross_entropy(
+            h, w, shard, class_weight=cw[a:b], chunk_size=4, validate=True, **opts
+        )
+        (out if upstream is None else out * upstream).sum().backward()
+        what = f"rank {rank} sizes {sizes} soft={soft} {opts}"
+        close(out, ref.detach(), f"loss {what}")
+        close(h.grad, h_ref.grad, f"hidden grad {what}")
+        close(w.grad, w_ref.grad[a:b], f"weight grad {what}")
+
+
+@check
 def half_precision_matches_float32(rank, world):
     sizes = SPLITS[world][0]
     a, b = bounds(sizes, rank)
@@ -602,6 +642,29 @@ def errors_are_raised_on_every_rank(rank, world):
         vocab_parallel_linear_cross_entropy(h, w, target)
 
     same_error_everywhere(wrong_weight, "on rank 0 of the group: weight_shard must have shape")
+
+    # The fused loss: class weights of the wrong length on the last rank, and sharded
+    # probabilities that do not sum to 1 over the vocabulary (validate).
+    def wrong_class_weight():
+        h = torch.randn(6, 3, dtype=F64)
+        w = torch.randn(b - a, 3, dtype=F64)
+        cw = torch.ones(b - a + (rank == world - 1), dtype=F64)
+        vocab_parallel_linear_cross_entropy(h, w, target, class_weight=cw)
+
+    same_error_everywhere(
+        wrong_class_weight,
+        f"on rank {world - 1} of the group: class_weight must have shape ({sizes[-1]},), this "
+        "rank's slice of the class weights",
+    )
+
+    def fused_bad_probabilities():
+        h = torch.randn(6, 3, dtype=F64)
+        w = torch.randn(b - a, 3, dtype=F64)
+        p = torch.full((6, b - a), 1.0 / sum(sizes), dtype=F64)
+        p[2] *= 2.0
+        vocab_parallel_linear_cross_entropy(h, w, p, validate=True)
+
+    same_error_everywhere(fused_bad_probabilities, "row 2 sums to")
 
     # normalize_by only replaces the divisor of 'mean'.
     def normalize_with_sum():

@@ -2,9 +2,11 @@
 
 Forward, chunk by chunk of tokens: ``z = h W_r^T + b_r`` (one ``(chunk, V_r)`` block,
 reused), soft-capped, reduced to per-token local statistics; then the two collectives of
-:func:`._distributed_core.combine`, and the per-token losses.  Only ``hidden``,
-``weight``, ``bias``, ``target`` (all the caller's tensors) and the per-token ``lse`` are
-saved.
+:func:`._distributed_core.combine`, and the per-token losses.  The statistics and the
+chunk gradient are the dense loss's (:func:`._distributed_dense.forward_stats`,
+:class:`._distributed_dense.GradientOfChunk`), for class indices or sharded probability
+targets, with or without class weights.  Only the caller's tensors and per-token
+statistics are saved.
 
 Backward recomputes each block, turns it into ``G = dloss/dz`` with the global ``lse``,
 and accumulates ``dh = G W_r`` (a partial sum over this slice), ``dW_r += G^T h`` and
@@ -26,6 +28,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from . import _distributed_core as core
+from . import _distributed_dense as dense
 
 __all__ = ["Options", "apply"]
 
@@ -43,6 +46,8 @@ class Options:
     softcap: float | None = None
     chunk_size: int = 1024
     reduce_hidden_grad: bool = True
+    #: Probability targets sharded like the weight, else class indices.
+    soft: bool = False
 
 
 class _Blocks:
@@ -73,55 +78,27 @@ class _Blocks:
         return z
 
 
-def _forward(hidden, weight, bias, target, opts):
-    layout = opts.layout
+def _forward(hidden, weight, bias, target, class_weight, opts):
+    """Per-token losses, token weights and what backward needs (see ``dense``)."""
     n_tok = hidden.shape[0]
-    compute = core.compute_dtype(hidden.dtype)
-    eps = opts.label_smoothing
     rows = min(opts.chunk_size, max(n_tok, 1))
     blocks = _Blocks(hidden, weight, bias, rows, opts.softcap, keep_tanh=False)
-    counted, valid, hit, local = core.label_positions(target, layout, opts.ignore_index)
-    new = hidden.new_empty
-    zmax, sumexp, z_y = (new(n_tok, dtype=compute) for _ in range(3))
-    zsum = new(n_tok, dtype=compute) if eps else None
-    for a in range(0, n_tok, rows):
-        b = min(a + rows, n_tok)
-        z = blocks.logits(a, b)
-        stats = core.label_stats(z, hit[a:b], local[a:b], None, bool(eps))
-        zmax[a:b], sumexp[a:b], z_y[a:b] = stats[:3]
-        if zsum is not None:
-            zsum[a:b] = stats[3]
-    sums = [sumexp, z_y] + ([zsum] if zsum is not None else [])
-    shift, sums = core.combine(zmax, sums, opts.group)
-    lse = shift + sums[0].log()
-    omega = counted.to(compute)
-    loss = core.label_loss(
-        lse,
-        sums[1],
-        omega,
-        sums[2] if eps else None,
-        float(layout.vocab),
-        counted,
-        valid,
-        eps=eps,
-        vocab=layout.vocab,
-        z_loss=opts.z_loss,
+    compute = core.compute_dtype(hidden.dtype)
+    return dense.forward_stats(
+        blocks.logits, rows, n_tok, target, class_weight, opts, compute, hidden.device
     )
-    return loss, omega, lse
 
 
-def _backward(hidden, weight, bias, target, lse, scale, opts, needs):
-    layout = opts.layout
+def _backward(hidden, weight, bias, target, class_weight, saved, w_total, scale, opts, needs):
     n_tok, dim = hidden.shape
     width = weight.shape[0]
     dtype = hidden.dtype
     compute = core.compute_dtype(dtype)
-    eps = opts.label_smoothing
     rows = min(opts.chunk_size, max(n_tok, 1))
     blocks = _Blocks(hidden, weight, bias, rows, opts.softcap, keep_tanh=True)
-    counted, _, hit, local = core.label_positions(target, layout, opts.ignore_index)
-    scale = torch.where(counted, scale.to(compute), 0.0)
-    omega = counted.to(compute)
+    w = None if class_weight is None else class_weight.to(compute)
+    grad_ = dense.GradientOfChunk(target, w, saved, w_total, opts, compute)
+    scale = grad_.mask(scale.to(compute))
     new = hidden.new_zeros
     # The hidden gradient is a sum over the slices: accumulate and all-reduce it in the
     # compute dtype, so that half inputs are not summed across ranks in half precision.
@@ -134,20 +111,7 @@ def _backward(hidden, weight, bias, target, lse, scale, opts, needs):
     for a in range(0, n_tok, rows):
         b = min(a + rows, n_tok)
         z = blocks.logits(a, b)
-        core.label_grad_(
-            z,
-            lse[a:b],
-            scale[a:b],
-            omega[a:b],
-            counted[a:b],
-            hit[a:b],
-            local[a:b],
-            None,
-            float(layout.vocab),
-            eps=eps,
-            vocab=layout.vocab,
-            z_loss=opts.z_loss,
-        )
+        grad_(z, a, b, scale[a:b])
         if blocks.tanh is not None:
             z.mul_(blocks.tanh[: b - a].square_().neg_().add_(1.0))
         if db is not None:
@@ -182,23 +146,28 @@ def _backward(hidden, weight, bias, target, lse, scale, opts, needs):
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, opts):  # type: ignore[override]
-        loss, omega, lse = _forward(hidden, weight, bias, target, opts)
+    def forward(ctx, hidden, weight, bias, target, class_weight, opts):  # type: ignore[override]
+        loss, omega, saved = _forward(hidden, weight, bias, target, class_weight, opts)
         ctx.opts = opts
         ctx.mark_non_differentiable(omega)
-        ctx.save_for_backward(hidden, weight, bias, target, lse)
+        # The summed class weight is a tensor with class weights, else the float C.
+        tensors = [t for t in saved if isinstance(t, torch.Tensor)]
+        ctx.w_total = None if len(tensors) == len(saved) else saved[-1]
+        ctx.save_for_backward(hidden, weight, bias, target, class_weight, *tensors)
         return loss, omega
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad, _grad_omega):  # type: ignore[override]
-        hidden, weight, bias, target, lse = ctx.saved_tensors
+        hidden, weight, bias, target, class_weight, *saved = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
-        dh, dw, db = _backward(hidden, weight, bias, target, lse, grad, ctx.opts, needs)
-        return dh, dw, db, None, None
+        dh, dw, db = _backward(
+            hidden, weight, bias, target, class_weight, saved, ctx.w_total, grad, ctx.opts, needs
+        )
+        return dh, dw, db, None, None, None
 
 
 @torch.compiler.disable
-def apply(hidden, weight, bias, target, opts):
+def apply(hidden, weight, bias, target, class_weight, opts):
     """Per-token losses and token weights (N,) for flat ``hidden`` (N, D)."""
-    return _VocabParallelLinearCrossEntropy.apply(hidden, weight, bias, target, opts)
+    return _VocabParallelLinearCrossEntropy.apply(hidden, weight, bias, target, class_weight, opts)

@@ -427,32 +427,14 @@ def vocab_parallel_cross_entropy(
         local_size = int(logits_shard.shape[-1])
         ignore = _checks.ignore_index(ignore_index)
         soft = _checks.target(target, tuple(logits_shard.shape), False, ignore)
-        if weight is not None:
-            _checks.floating(weight, "weight")
-            if tuple(weight.shape) != (local_size,):
-                raise ValueError(
-                    f"weight must have shape ({local_size},), this rank's slice of the class "
-                    f"weights, got {tuple(weight.shape)}"
-                )
-            if weight.requires_grad and torch.is_grad_enabled():
-                raise ValueError(
-                    "weight (class weights) gets no gradient here; pass weight.detach()"
-                )
+        _check_class_weight(weight, "weight", local_size, validate)
         reduction = _checks.reduction(reduction)
         eps = _checks.label_smoothing(label_smoothing)
         coef = _checks.z_loss(z_loss)
         cap = _checks.softcap(softcap)
         norm = _normalizer(normalize_by, reduction)
         sizes = core.check_vocab_sizes(vocab_sizes, world)
-        fields = {"labels": None, "digest": None}
-        if validate:
-            if soft:
-                if bool((target < 0).any()) or not bool(torch.isfinite(target).all()):
-                    raise ValueError("target (probabilities) must be finite and non-negative")
-            else:
-                fields = _label_fields(target, ignore, True)
-            if weight is not None and not bool(((weight >= 0) & torch.isfinite(weight)).all()):
-                raise ValueError("weight must be finite and non-negative")
+        fields = _target_fields(target, soft, ignore, validate)
     except (TypeError, ValueError) as error:
         if not exchange:
             raise
@@ -504,6 +486,31 @@ def vocab_parallel_cross_entropy(
     return _reduce(loss, omega, reduction, norm, batch)
 
 
+def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:
+    """This rank's slice of the class weights: shape, no gradient, and (validate) values."""
+    if value is None:
+        return
+    _checks.floating(value, name)
+    if tuple(value.shape) != (local_size,):
+        raise ValueError(
+            f"{name} must have shape ({local_size},), this rank's slice of the class "
+            f"weights, got {tuple(value.shape)}"
+        )
+    if value.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} (class weights) gets no gradient here; pass {name}.detach()")
+    if validate and not bool(((value >= 0) & torch.isfinite(value)).all()):
+        raise ValueError(f"{name} must be finite and non-negative")
+
+
+def _target_fields(target: torch.Tensor, soft: bool, ignore: int, validate: bool) -> dict:
+    """The label descriptor fields (labels), after the local data checks of ``validate``."""
+    if not soft:
+        return _label_fields(target, ignore, validate)
+    if validate and (bool((target < 0).any()) or not bool(torch.isfinite(target).all())):
+        raise ValueError("target (probabilities) must be finite and non-negative")
+    return {"labels": None, "digest": None}
+
+
 def _check_row_sums(target: torch.Tensor, group: Any, dtype: torch.dtype, name: str) -> None:
     """Rows of sharded probabilities sum to 1 over the global vocabulary (one all_reduce)."""
     sums = target.to(torch.float64).sum(-1)
@@ -526,6 +533,7 @@ def vocab_parallel_linear_cross_entropy(
     group: Any = None,
     vocab_sizes: Sequence[int] | None = None,
     bias: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
@@ -550,12 +558,15 @@ def vocab_parallel_linear_cross_entropy(
         Hidden states, the same on every rank of the group.
     weight_shard : Tensor, shape (C_r, D)
         This rank's rows of the output weight, ``hidden``'s dtype.
-    target : integer Tensor, shape (...)
-        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank.
+    target : Tensor, shape (...) integer or (..., C_r) floating
+        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank; or
+        probabilities sharded like the weight's rows (a constant: no gradient).
     group, vocab_sizes, normalize_by, validate
         As in :func:`vocab_parallel_cross_entropy`.
     bias : Tensor, shape (C_r,), optional
         This rank's slice of the bias.
+    class_weight : Tensor, shape (C_r,), optional
+        This rank's slice of the class weights (no gradient flows to it).
     ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size
         As in :func:`crossentropy.torch.linear_cross_entropy`; ``chunk_size=None`` fits a
         ``(chunk, C_r)`` float32 block (and, in backward, its tanh with ``softcap``) in
@@ -577,9 +588,7 @@ def vocab_parallel_linear_cross_entropy(
     MAX and one ``all_reduce`` SUM of ``N`` and ``2N`` (``3N`` with smoothing) floats.
     Backward: one ``all_reduce`` SUM of the ``(N, D)`` hidden gradient in float32 (float64
     for float64).  Backward recomputes the logits chunk by chunk: ``8 N D C_r`` FLOPs per
-    rank in all.  Probability targets and class weights are not supported here yet
-    (:func:`~crossentropy.torch.linear_cross_entropy` takes both on one process;
-    :func:`vocab_parallel_cross_entropy` takes both on logits shards).
+    rank in all.
 
     Examples
     --------
@@ -593,8 +602,10 @@ def vocab_parallel_linear_cross_entropy(
     hidden, g1 = _unwrap(hidden, "hidden", "replicate", 0)
     weight_shard, g2 = _unwrap(weight_shard, "weight_shard", "shard", 0)
     bias, g3 = _unwrap(bias, "bias", "shard", 0)
-    target, g4 = _unwrap(target, "target", "replicate", 0)
-    group = _group_of([g1, g2, g3, g4], group)
+    soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
+    target, g4 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    class_weight, g5 = _unwrap(class_weight, "class_weight", "shard", 0)
+    group = _group_of([g1, g2, g3, g4, g5], group)
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     exchange = vocab_sizes is None or validate
@@ -602,6 +613,7 @@ def vocab_parallel_linear_cross_entropy(
     sizes = None
     local_size = 0
     fields = {"labels": None, "digest": None}
+    soft = False
     try:
         _checks.floating(hidden, "hidden")
         _checks.floating(weight_shard, "weight_shard")
@@ -621,14 +633,12 @@ def vocab_parallel_linear_cross_entropy(
                 raise ValueError(f"bias must have shape ({local_size},), got {tuple(bias.shape)}")
             if bias.dtype != hidden.dtype:
                 raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
-        _checks.tensor(target, "target")
-        if target.dtype.is_floating_point:
-            raise TypeError(
-                "target must hold integer class indices for vocab_parallel_linear_cross_entropy"
-                " (probability targets need the logits: use vocab_parallel_cross_entropy)"
-            )
         ignore = _checks.ignore_index(ignore_index)
-        _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
+        soft = _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
+        if soft and target.requires_grad and torch.is_grad_enabled():
+            raise ValueError("target (probabilities) gets no gradient here; pass "
+                             "target.detach()")
+        _check_class_weight(class_weight, "class_weight", local_size, validate)
         reduction = _checks.reduction(reduction)
         eps = _checks.label_smoothing(label_smoothing)
         coef = _checks.z_loss(z_loss)
@@ -636,7 +646,7 @@ def vocab_parallel_linear_cross_entropy(
         chunk = _checks.chunk_size(chunk_size)
         norm = _normalizer(normalize_by, reduction)
         sizes = core.check_vocab_sizes(vocab_sizes, world)
-        fields = _label_fields(target, ignore, validate)
+        fields = _target_fields(target, soft, ignore, validate)
     except (TypeError, ValueError) as error:
         if not exchange:
             raise
@@ -646,7 +656,8 @@ def vocab_parallel_linear_cross_entropy(
             "size": local_size,
             "batch": list(hidden.shape),
             "dtype": str(hidden.dtype),
-            "soft": False,
+            "soft": soft,
+            "weight": class_weight is not None,
             "bias": bias is not None,
             "vocab_sizes": None if sizes is None else list(sizes),
             "options": [ignore, reduction, eps, coef, cap, None if norm is None else "given"],
@@ -665,13 +676,16 @@ def vocab_parallel_linear_cross_entropy(
         world=world,
         name=name,
     )
-    if validate:
+    if validate and not soft:
         _check_labels(records or [], layout.vocab, ignore, name)
     batch = tuple(hidden.shape[:-1])
     flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
-    labels = target.reshape(-1).long()
+    labels = target.reshape(flat.shape[0], local_size) if soft else target.reshape(-1).long()
+    if validate and soft:
+        _check_row_sums(labels, group, flat.dtype, name)
     if chunk is None:
-        copies = 2 if cap is not None else 1
+        # Blocks per chunk: the logits, tanh with softcap, two target temporaries if soft.
+        copies = 1 + (cap is not None) + 2 * soft
         chunk = core.chunk_rows(flat.shape[0], local_size, hidden.dtype, copies)
     opts = fused.Options(
         layout=layout,
@@ -682,6 +696,7 @@ def vocab_parallel_linear_cross_entropy(
         softcap=cap,
         chunk_size=chunk,
         reduce_hidden_grad=bool(reduce_hidden_grad),
+        soft=soft,
     )
-    loss, omega = fused.apply(flat, weight_shard, bias, labels, opts)
+    loss, omega = fused.apply(flat, weight_shard, bias, labels, class_weight, opts)
     return _reduce(loss, omega, reduction, norm, batch)
