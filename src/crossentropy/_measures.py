@@ -151,6 +151,12 @@ def _weighted_sum(xp: Any, w: Any, v: Any) -> Any:
     ``0 * (+-inf or NaN)`` is replaced, so gradients stay finite (d/dw at w = 0 is the
     finite v where there is one) and the expression stays traceable.
     """
+    if array_api_compat.is_torch_array(w) and not (w.requires_grad or v.requires_grad):
+        # No gradient to keep finite: zero the products at w = 0 in place, two passes
+        # fewer (about twice as fast on the CPU).
+        products = w * v
+        products.masked_fill_(w == 0, 0.0)
+        return products.sum(dim=-1)
     v = xp.where((w == 0) & ~xp.isfinite(v), 0.0, v)
     return xp.sum(w * v, axis=-1)
 
