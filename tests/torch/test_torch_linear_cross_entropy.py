@@ -292,6 +292,8 @@ def test_default_chunk_size_follows_budget():
     assert size(10**6, 32768, 2048, torch.float32, False) == 1024  # D / 2 rule
     assert size(10**6, 128256, 64, torch.float32, False) == 128  # 64 MiB rule
     assert size(10**6, 32768, 64, torch.float32, True) == 256  # two blocks with softcap
+    # Probability targets: one more block (64 MiB / (3 * 4 * 32768) = 170.7 -> 160).
+    assert size(10**6, 32768, 64, torch.float32, True, soft=True) == 160
     assert size(10**6, 32768, 64, torch.bfloat16, False) == 336  # 4 + 2 bytes per logit
     assert size(10**6, 32768, 64, torch.float64, False) == 256
     assert size(10**6, 128256, 16384, torch.float32, False) == 1040  # 512 MiB cap

@@ -65,12 +65,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def default_chunk_size(
-    num_tokens: int, vocab: int, dim: int, dtype: torch.dtype, softcap: bool
+    num_tokens: int, vocab: int, dim: int, dtype: torch.dtype, softcap: bool, soft: bool = False
 ) -> int:
     """Tokens per chunk: the larger of what fits :data:`CHUNK_BUDGET_BYTES` and ``dim / 2``.
 
     Per token the chunk holds a row of logits in the compute dtype (two with ``softcap``,
-    whose derivative needs ``tanh`` kept), and for half inputs the half-precision row too.
+    whose derivative needs ``tanh`` kept; one more with probability targets, ``soft``, for
+    the chunk's target rows), and for half inputs the half-precision row too.
     The float32 weight gradient (``V x D``) is read and written once per chunk, so a chunk
     of ``n`` tokens moves ``8 V D`` bytes for ``6 n V D`` FLOPs; ``n >= D / 2`` keeps that
     traffic small, and makes the block at most half the size of the weight gradient that
@@ -78,7 +79,7 @@ def default_chunk_size(
     is a multiple of 16 (at least 16), at most ``num_tokens``.
     """
     compute = _compute_dtype(dtype)
-    row = vocab * compute.itemsize * (2 if softcap else 1)
+    row = vocab * compute.itemsize * (1 + softcap + soft)
     if compute != dtype:
         row += vocab * dtype.itemsize
     row = max(row, 1)

@@ -299,11 +299,12 @@ def linear_cross_entropy(
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
     chunk_size : int, optional
         Tokens per chunk.  ``None`` takes the larger of (a) the tokens whose working set --
-        the chunk's float32 logits (twice with ``softcap``; plus the half-precision logits
-        for half inputs) -- fits 64 MiB and (b) ``D / 2`` tokens, capped at 512 MiB of
-        working set.  The float32 weight gradient is read and written once per chunk, so
-        (b) keeps that memory traffic small next to the chunk's matrix products; it makes
-        the working set at most half the size of the weight gradient.  In float32: 512
+        the chunk's float32 logits (twice with ``softcap``, once more for probability
+        targets; plus the half-precision logits for half inputs) -- fits 64 MiB and
+        (b) ``D / 2`` tokens, capped at 512 MiB of working set.  The float32 weight
+        gradient is read and written once per chunk, so (b) keeps that memory traffic
+        small next to the chunk's matrix products; it makes the working set at most half
+        the size of the weight gradient.  In float32: 512
         tokens at ``(D, V) = (512, 32768)`` (64 MiB), 512 at ``(1024, 128256)``
         (250 MiB), 1024 at ``(2048, 32768)`` (128 MiB).  The result does not depend on
         the chunk size beyond float rounding, and is deterministic.
@@ -390,7 +391,7 @@ def linear_cross_entropy(
     labels = target.reshape(-1, vocab) if soft else target.reshape(-1).long()
     if chunk is None:
         chunk = _chunked.default_chunk_size(
-            flat.shape[0], vocab, dim, hidden.dtype, cap is not None
+            flat.shape[0], vocab, dim, hidden.dtype, cap is not None, soft
         )
     enabled = torch.is_grad_enabled()
     opts = _chunked.Options(
