@@ -209,6 +209,12 @@ def _label_chunk(
     valid = (y >= 0) & (y < vocab)
     safe = torch.where(counted & valid, y, 0).unsqueeze(1)
     z_y = z.gather(1, safe).squeeze(1)
+    # w_y and W = sum_c w_c are 1 and V without class weights.
+    if class_weight is None:
+        w_y: torch.Tensor | float = 1.0
+        w_total: torch.Tensor | float = float(vocab)
+    else:
+        w_y, w_total = class_weight[safe.squeeze(1)], class_weight.sum()
     # eps / V * sum_c w_c z_c, before z is overwritten.
     if not eps:
         smoothing = None
@@ -217,32 +223,22 @@ def _label_chunk(
     else:
         smoothing = (z @ class_weight).mul_(eps / vocab)
     total, lse = _exp_in_place(z)
-    if class_weight is None:
-        loss = lse - (1.0 - eps) * z_y
-        if z_loss:
-            loss += z_loss * lse.square()
-    else:
-        w_y = class_weight[safe.squeeze(1)]
-        loss = (1.0 - eps) * w_y * (lse - z_y) + z_loss * w_y * lse.square()
-        if eps:
-            loss += (eps / vocab) * class_weight.sum() * lse
+    loss = (1.0 - eps) * w_y * (lse - z_y)
     if smoothing is not None:
-        loss -= smoothing
+        loss += (eps / vocab) * w_total * lse - smoothing
+    if z_loss:
+        loss += z_loss * w_y * lse.square()
     loss = torch.where(counted, loss, 0.0)
     loss = torch.where(counted & ~valid, torch.nan, loss)
     if s is None:
         return loss
-    if class_weight is None:
-        coef = s * (1.0 + 2.0 * z_loss * lse) / total if z_loss else s / total
-        z.mul_(coef.unsqueeze(1))
-        z.scatter_add_(1, safe, (-(1.0 - eps) * s).unsqueeze(1))
-        if eps:
+    mass = (1.0 - eps) * w_y + (eps / vocab) * w_total + 2.0 * z_loss * w_y * lse
+    z.mul_((s * mass / total).unsqueeze(1))
+    z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
+    if eps:  # - eps / V * s w
+        if class_weight is None:
             z.sub_((eps / vocab * s).unsqueeze(1))
-    else:
-        mass = (1.0 - eps) * w_y + (eps / vocab) * class_weight.sum() + 2.0 * z_loss * w_y * lse
-        z.mul_((s * mass / total).unsqueeze(1))
-        z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
-        if eps:
+        else:
             z.addr_(s, class_weight, alpha=-eps / vocab)
     return loss
 
