@@ -147,13 +147,15 @@ def labels(value: torch.Tensor, num_classes: int, ignore: int) -> None:
     )
 
 
-def class_weight(value: Any, num_classes: int, validate: bool, name: str = "weight") -> None:
+def class_weight(
+    value: Any, num_classes: int, validate: bool, name: str = "weight", what: str = "one per class"
+) -> None:
     if value is None:
         return
     floating(value, name)
     if tuple(value.shape) != (num_classes,):
         raise ValueError(
-            f"{name} must have shape ({num_classes},), one per class, got {tuple(value.shape)}"
+            f"{name} must have shape ({num_classes},), {what}, got {tuple(value.shape)}"
         )
     if validate and not bool(((value >= 0) & torch.isfinite(value)).all()):
         raise ValueError(f"{name} must be finite and non-negative")

@@ -487,19 +487,12 @@ def vocab_parallel_cross_entropy(
 
 
 def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:
-    """This rank's slice of the class weights: shape, no gradient, and (validate) values."""
-    if value is None:
-        return
-    _checks.floating(value, name)
-    if tuple(value.shape) != (local_size,):
-        raise ValueError(
-            f"{name} must have shape ({local_size},), this rank's slice of the class "
-            f"weights, got {tuple(value.shape)}"
-        )
-    if value.requires_grad and torch.is_grad_enabled():
+    """This rank's slice of the class weights: shape, (validate) values, and no gradient."""
+    _checks.class_weight(
+        value, local_size, validate, name, what="this rank's slice of the class weights"
+    )
+    if value is not None and value.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} (class weights) gets no gradient here; pass {name}.detach()")
-    if validate and not bool(((value >= 0) & torch.isfinite(value)).all()):
-        raise ValueError(f"{name} must be finite and non-negative")
 
 
 def _target_fields(target: torch.Tensor, soft: bool, ignore: int, validate: bool) -> dict:
