@@ -270,13 +270,13 @@ def _assemble(args: argparse.Namespace, source: Any, stats: dict[str, Any],
 
 def run(args: argparse.Namespace) -> int:
     report = compute(args)
-    text = _jsonio.dumps(report, indent=2) + "\n"
+    text = _jsonio.dumps(report, indent=2) + "\n" if args.json else ""
     if args.json == "-":
         sys.stdout.write(text)  # stdout is the JSON alone, for pipes: no table
     else:
         _print(report)
-    if args.json and args.json != "-":
-        write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
+        if args.json:
+            write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
     if args.plot:
         from ._report_plot import save_plot
 
