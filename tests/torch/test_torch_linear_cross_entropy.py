@@ -51,17 +51,21 @@ def grads(loss, tensors, upstream=None):
     return torch.autograd.grad(loss, tensors, upstream)
 
 
+def assert_matches_reference(ours, ref, tensors, reduction):
+    """Loss and gradients (a random upstream gradient for 'none') equal the reference's."""
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    upstream = torch.randn_like(ref) if reduction == "none" else None
+    for got, want in zip(grads(ours, tensors, upstream), grads(ref, tensors, upstream),
+                         strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
 def check_against_reference(batch, dim, vocab, reduction, options, *, bias, chunk, seed=0):
     ignore_index = options.get("ignore_index", -100)
     h, w, b, y = make(batch, dim, vocab, seed=seed, bias=bias, ignore_index=ignore_index)
     ours = linear_cross_entropy(h, w, y, bias=b, reduction=reduction, chunk_size=chunk, **options)
     ref = reference(h, w, y, bias=b, reduction=reduction, **options)
-    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
-    upstream = torch.randn_like(ref) if reduction == "none" else None
-    for got, want in zip(
-        grads(ours, (h, w, b), upstream), grads(ref, (h, w, b), upstream), strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(ours, ref, (h, w, b), reduction)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -101,12 +105,7 @@ def test_class_weights_every_option_and_reduction(reduction, options, chunk):
         h, w, y, bias=b, class_weight=cw, reduction=reduction, chunk_size=chunk, **options
     )
     ref = reference(h, w, y, bias=b, weight=cw, reduction=reduction, **options)
-    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
-    upstream = torch.randn_like(ref) if reduction == "none" else None
-    for got, want in zip(
-        grads(ours, (h, w, b), upstream), grads(ref, (h, w, b), upstream), strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(ours, ref, (h, w, b), reduction)
 
 
 def test_class_weights_match_pytorch():
@@ -166,12 +165,7 @@ def test_probability_targets_every_option_and_reduction(reduction, options, weig
         h, w, t, bias=b, class_weight=cw, reduction=reduction, chunk_size=5, **options
     )
     ref = reference(h, w, t, bias=b, weight=cw, reduction=reduction, **options)
-    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
-    upstream = torch.randn_like(ref) if reduction == "none" else None
-    for got, want in zip(
-        grads(ours, (h, w, b), upstream), grads(ref, (h, w, b), upstream), strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(ours, ref, (h, w, b), reduction)
 
 
 def test_probability_targets_match_pytorch_and_gradcheck():
