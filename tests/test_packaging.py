@@ -1,6 +1,7 @@
 """What ships: a licence file named by the metadata, and no pytest files in the package."""
 
 import pathlib
+
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
