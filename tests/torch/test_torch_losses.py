@@ -122,19 +122,37 @@ def test_z_loss_and_softcap_against_formula():
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
 
 
-def test_z_loss_weighted_per_token_weight():
-    # The z-loss of a token carries its class weight, like its cross-entropy term.
-    logits, target = make((9,), 4, ignore=0.0)
+@pytest.mark.parametrize("fn", [cross_entropy, kl_loss])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_z_loss_does_not_carry_the_class_weight(fn, reduction):
+    # Oracle (PaLM / Liger-Kernel z-loss): F.cross_entropy's weighted loss plus
+    # z_loss * lse^2 for every counted token alike; 'mean' divides the z-loss part by the
+    # number of counted tokens, the cross-entropy part by sum w_y.
+    logits, target = make((9,), 4, ignore=0.3, seed=3)
     weight = torch.tensor([0.5, 1.0, 2.0, 0.0], dtype=F64)
-    lse = torch.logsumexp(logits, -1)
-    w_y = weight[target]
-    expected = (
-        F.cross_entropy(logits, target, weight=weight, reduction="sum")
-        + 0.1 * (w_y * lse.square()).sum()
-    ) / w_y.sum()
-    torch.testing.assert_close(
-        cross_entropy(logits, target, weight=weight, z_loss=0.1), expected, rtol=1e-12, atol=0
+    counted = target != -100
+    zsq = torch.where(counted, 0.1 * torch.logsumexp(logits, -1).square(), 0.0)
+    ce_part = F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+    if reduction == "none":
+        expected = ce_part + zsq
+    elif reduction == "sum":
+        expected = ce_part + zsq.sum()
+    else:
+        expected = ce_part + zsq.sum() / counted.sum()
+    ours = fn(logits, target, weight=weight, z_loss=0.1, reduction=reduction)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_z_loss_counts_tokens_of_zero_class_weight():
+    # Hand derivation: one token of class weight 0: the cross-entropy part is 0 / 0 = 0,
+    # the z-loss part 0.5 * lse^2 / 1 with lse = log 2.
+    loss = cross_entropy(
+        torch.zeros(1, 2, dtype=F64),
+        torch.tensor([0]),
+        weight=torch.tensor([0.0, 1.0], dtype=F64),
+        z_loss=0.5,
     )
+    assert loss.item() == pytest.approx(0.5 * math.log(2) ** 2, rel=1e-12)
 
 
 # ---------------------------------------------------------------- KL and the identity
@@ -257,8 +275,7 @@ def test_all_ignored_gives_zero_loss_and_zero_gradient(weighted):
 
 
 def test_out_of_range_label_gives_nan_without_validate():
-    loss = cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]), reduction="none",
-                         validate=False)
+    loss = cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]), reduction="none", validate=False)
     assert loss[0].item() == pytest.approx(math.log(3))
     assert loss[1].isnan()
     # By default CPU tensors are checked (no host synchronisation to pay there).
@@ -309,7 +326,8 @@ def test_gradcheck_all_options(soft):
         t = target.clone().requires_grad_()
         # gradcheck's perturbations leave the target unnormalised: skip the data check.
         assert torch.autograd.gradcheck(
-            lambda t: kl_loss(logits, t, reduction="sum", validate=False), (t,))
+            lambda t: kl_loss(logits, t, reduction="sum", validate=False), (t,)
+        )
 
 
 def test_torch_compile_matches_eager():
@@ -392,8 +410,9 @@ def test_impl_option():
     # The plain-PyTorch path is what "auto" picks for CPU tensors; a bad name is an error,
     # and "triton" without a GPU (or the interpreter) says what it needs.
     logits, target = make((4,), 5, dtype=torch.float32)
-    torch.testing.assert_close(cross_entropy(logits, target, impl="torch"),
-                               cross_entropy(logits, target))
+    torch.testing.assert_close(
+        cross_entropy(logits, target, impl="torch"), cross_entropy(logits, target)
+    )
     with pytest.raises(ValueError, match="impl must be one of 'auto', 'torch', 'triton'"):
         kl_loss(logits, target, impl="gpu")
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -96,16 +96,19 @@ def _run(
     target: torch.Tensor,
     class_weight: torch.Tensor | None,
     opts: Options,
-    scale: torch.Tensor | None,
+    scale: tuple[torch.Tensor, torch.Tensor] | None,
     needs: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Per-token losses and, when ``scale`` is given, the gradients of ``sum_i scale_i L_i``.
+) -> tuple:
+    """Per-token losses and, when ``scale`` is given, the gradients of
+    ``sum_i s_i L_i + sz_i z_loss lse_i^2``, ``(s, sz) = scale``.
 
     ``hidden`` (N, D), ``weight`` (V, D), ``bias`` (V,) or None, ``target`` (N,) int64
     class indices or (N, V) probabilities, ``class_weight`` (V,) in the compute dtype or
-    None, ``scale`` (N,) in the compute dtype (0 for ignored tokens).  Returns the losses
-    (N,) and ``dhidden`` (N, D) in the input dtype, ``dweight`` (V, D) and ``dbias`` (V,)
-    in the compute dtype, each None when not asked for by ``needs``.
+    None, ``s`` and ``sz`` (N,) in the compute dtype (0 for ignored tokens): the scales of
+    the cross-entropy and of the z-loss parts.  Returns the cross-entropy losses (N,)
+    without the z-loss, the log-sum-exps (N,), and ``dhidden`` (N, D) in the input dtype,
+    ``dweight`` (V, D) and ``dbias`` (V,) in the compute dtype, each None when not asked
+    for by ``needs``.
     """
     num_tokens, dim = hidden.shape
     vocab = weight.shape[0]
@@ -117,6 +120,7 @@ def _run(
     soft = target.dtype.is_floating_point
 
     losses = torch.empty(num_tokens, dtype=compute, device=device)
+    lses = torch.empty_like(losses)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
     dw = torch.zeros(vocab, dim, dtype=compute, device=device) if grads and needs[1] else None
     db = torch.zeros(vocab, dtype=compute, device=device) if grads and needs[2] else None
@@ -151,12 +155,14 @@ def _run(
             z.mul_(cap)
 
         # The loss, and (with a scale) the gradient G = dL/dz written over z in place.
-        s = None if scale is None else scale[start:stop]
+        s = None if scale is None else (scale[0][start:stop], scale[1][start:stop])
         if pbuf is not None:
             t = pbuf[:n].copy_(target[start:stop])
-            losses[start:stop] = _probability_chunk(z, t, class_weight, opts, s)
+            losses[start:stop], lses[start:stop] = _probability_chunk(z, t, class_weight, opts, s)
         else:
-            losses[start:stop] = _label_chunk(z, target[start:stop], class_weight, opts, s)
+            losses[start:stop], lses[start:stop] = _label_chunk(
+                z, target[start:stop], class_weight, opts, s
+            )
         if s is None:
             continue
         if tanh is not None:
@@ -178,7 +184,7 @@ def _run(
             part = block[: v1 - v0]
             torch.mm(g[:, v0:v1].t(), h, out=part)
             dw[v0:v1] += part
-    return losses, dh, dw, db
+    return losses, lses, dh, dw, db
 
 
 def _exp_in_place(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,14 +200,16 @@ def _label_chunk(
     y: torch.Tensor,
     class_weight: torch.Tensor | None,
     opts: Options,
-    s: torch.Tensor | None,
-) -> torch.Tensor:
-    """Losses of a chunk of logits ``z`` against class indices ``y``; G over ``z`` if ``s``.
+    s: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses and log-sum-exps of a chunk of logits ``z`` against class indices ``y``;
+    G over ``z`` if ``s = (s, sz)`` is given.
 
     With class weights ``w`` (see :mod:`._reference`), a counted token's loss is
-    ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - sum_c w_c z_c) + z_loss w_y lse^2``
-    with ``W = sum_c w_c``, and ``G = s [softmax ((1 - eps) w_y + eps W / V
-    + 2 z_loss w_y lse) - (1 - eps) w_y onehot(y) - eps / V w]``; ``w = 1`` without them.
+    ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - sum_c w_c z_c)`` with
+    ``W = sum_c w_c`` (the caller adds the z-loss ``z_loss lse^2``), and
+    ``G = softmax (s ((1 - eps) w_y + eps W / V) + 2 z_loss sz lse)
+    - s ((1 - eps) w_y onehot(y) + eps / V w)``; ``w = 1`` without them.
     """
     vocab = z.shape[1]
     eps, z_loss = float(opts.label_smoothing), float(opts.z_loss)
@@ -226,21 +234,22 @@ def _label_chunk(
     loss = (1.0 - eps) * w_y * (lse - z_y)
     if smoothing is not None:
         loss += (eps / vocab) * w_total * lse - smoothing
-    if z_loss:
-        loss += z_loss * w_y * lse.square()
     loss = torch.where(counted, loss, 0.0)
     loss = torch.where(counted & ~valid, torch.nan, loss)
     if s is None:
-        return loss
-    mass = (1.0 - eps) * w_y + (eps / vocab) * w_total + 2.0 * z_loss * w_y * lse
-    z.mul_((s * mass / total).unsqueeze(1))
+        return loss, lse
+    s, sz = s
+    mass = s * ((1.0 - eps) * w_y + (eps / vocab) * w_total)
+    if z_loss:
+        mass = mass + (2.0 * z_loss) * sz * lse
+    z.mul_((mass / total).unsqueeze(1))
     z.scatter_add_(1, safe, (-(1.0 - eps) * s * w_y).unsqueeze(1))
     if eps:  # - eps / V * s w
         if class_weight is None:
             z.sub_((eps / vocab * s).unsqueeze(1))
         else:
             z.addr_(s, class_weight, alpha=-eps / vocab)
-    return loss
+    return loss, lse
 
 
 def _probability_chunk(
@@ -248,13 +257,19 @@ def _probability_chunk(
     t: torch.Tensor,
     class_weight: torch.Tensor | None,
     opts: Options,
-    s: torch.Tensor | None,
-) -> torch.Tensor:
-    """Losses of logits ``z`` against probabilities ``t`` (overwritten); G over ``z`` if ``s``.
+    s: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses and log-sum-exps of logits ``z`` against probabilities ``t`` (overwritten);
+    G over ``z`` if ``s = (s, sz)`` is given.
 
     With ``u = w * ((1 - eps) t + eps / V)`` (``w = 1`` without class weights) the loss
-    is ``sum_c u_c (lse - z_c) + z_loss lse^2`` and
-    ``G = s [softmax (sum_c u_c + 2 z_loss lse) - u]``.
+    is ``sum_c u_c (lse - z_c)`` (the caller adds ``z_loss lse^2``) and
+    ``G = softmax (s sum_c u_c + 2 z_loss sz lse) - s u``.
+
+    ``0 log 0 = 0``: a ``-inf`` logit is first replaced by the dtype's most negative
+    number, in place (its softmax is 0 either way), so that a zero ``u_c`` there adds 0,
+    not NaN.  A positive ``u_c`` on a ``-inf`` logit (an infinite loss) then gives a loss
+    of the order of the dtype's largest number instead of ``inf``.
     """
     vocab = z.shape[1]
     eps, z_loss = float(opts.label_smoothing), float(opts.z_loss)
@@ -264,42 +279,58 @@ def _probability_chunk(
     if class_weight is not None:
         u.mul_(class_weight)
     mass = u.sum(1)
+    z.clamp_(min=torch.finfo(z.dtype).min)
     # Row-wise dot products u . z as one batched product: no (chunk, V) temporary.
     cross = torch.bmm(u.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
     total, lse = _exp_in_place(z)
     loss = mass * lse - cross
-    if z_loss:
-        loss += z_loss * lse.square()
     if s is None:
-        return loss
-    coef = s * (mass + 2.0 * z_loss * lse) / total
-    z.mul_(coef.unsqueeze(1))
+        return loss, lse
+    s, sz = s
+    coef = s * mass
+    if z_loss:
+        coef = coef + (2.0 * z_loss) * sz * lse
+    z.mul_((coef / total).unsqueeze(1))
     z.addcmul_(u, s.unsqueeze(1), value=-1.0)
-    return loss
+    return loss, lse
 
 
 def _scale(
     target: torch.Tensor, class_weight: torch.Tensor | None, opts: Options, dtype: torch.dtype
 ) -> tuple:
-    """Per-token scale of the reduced loss, and the ``mean`` divisor (1 otherwise).
+    """Per-token scales ``(s, sz)`` of the reduced loss's cross-entropy and z-loss parts,
+    and the two ``mean`` divisors (None otherwise).
 
-    The divisor is ``sum omega`` (the counted tokens, or their class weights: the rule of
-    ``F.cross_entropy``); a divisor of 0 becomes 1, so an all-ignored batch gives 0, not
-    NaN.
+    The cross-entropy divisor is ``sum omega`` (the counted tokens, or their class
+    weights: the rule of ``F.cross_entropy``), the z-loss one the number of counted
+    tokens; a divisor of 0 becomes 1, so an all-ignored batch gives 0, not NaN.
     """
     if target.dtype.is_floating_point:  # probabilities: every token counts, omega = 1
         counted = torch.ones(target.shape[0], dtype=dtype, device=target.device)
     else:
         counted = (target != opts.ignore_index).to(dtype)
     if opts.reduction != "mean":
-        return counted, None
+        return (counted, counted), None, None
+    count = counted.sum()
+    count = torch.where(count != 0, count, 1.0)
     if class_weight is None or target.dtype.is_floating_point:
-        denom = counted.sum()
+        denom = count
     else:
         labels = torch.where(target != opts.ignore_index, target, 0)
         denom = (class_weight[labels.clamp(0, len(class_weight) - 1)] * counted).sum()
-    denom = torch.where(denom != 0, denom, 1.0)
-    return counted / denom, denom
+        denom = torch.where(denom != 0, denom, 1.0)
+    zscale = counted / count
+    return (counted / denom if denom is not count else zscale, zscale), denom, count
+
+
+def _z_terms(lse: torch.Tensor, target: torch.Tensor, opts: Options) -> torch.Tensor | None:
+    """``z_loss * lse^2`` per counted token (0 for ignored ones), None without z-loss."""
+    if not opts.z_loss:
+        return None
+    z = opts.z_loss * lse.square()
+    if target.dtype.is_floating_point:
+        return z
+    return torch.where(target != opts.ignore_index, z, 0.0)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -307,17 +338,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, target, class_weight, opts):  # type: ignore[override]
         compute = _compute_dtype(hidden.dtype)
         in_forward = any(opts.needs_grad) and opts.reduction != "none"
-        scale, denom = _scale(target, class_weight, opts, compute)
-        losses, dh, dw, db = _run(
-            hidden, weight, bias, target, class_weight, opts,
-            scale if in_forward else None, opts.needs_grad,
+        scale, denom, count = _scale(target, class_weight, opts, compute)
+        losses, lses, dh, dw, db = _run(
+            hidden,
+            weight,
+            bias,
+            target,
+            class_weight,
+            opts,
+            scale if in_forward else None,
+            opts.needs_grad,
         )
+        zterms = _z_terms(lses, target, opts)
         if opts.reduction == "none":
-            out = losses
+            out = losses if zterms is None else losses + zterms
         elif opts.reduction == "sum":
-            out = losses.sum()
+            out = losses.sum() if zterms is None else losses.sum() + zterms.sum()
         else:
             out = losses.sum() / denom
+            if zterms is not None:
+                out = out + zterms.sum() / count
         ctx.opts = opts
         ctx.grads = None
         if any(opts.needs_grad):
@@ -350,12 +390,13 @@ def _backward(ctx, grad):
         hidden, weight, bias, target, class_weight = ctx.saved_tensors
         compute = _compute_dtype(hidden.dtype)
         if opts.reduction == "none":
-            counted, _ = _scale(target, class_weight, opts, compute)
-            scale = torch.where(counted != 0, grad.to(compute), 0.0)
+            (counted, _), _, _ = _scale(target, class_weight, opts, compute)
+            s = torch.where(counted != 0, grad.to(compute), 0.0)
+            scale = (s, s)
             grad = None
         else:
-            scale, _ = _scale(target, class_weight, opts, compute)
-        _, dh, dw, db = _run(
+            scale, _, _ = _scale(target, class_weight, opts, compute)
+        _, _, dh, dw, db = _run(
             hidden, weight, bias, target, class_weight, opts, scale, opts.needs_grad
         )
         grads = _finish(dh, dw, db, weight, bias)

@@ -59,7 +59,7 @@ def _dense(
             z_loss=_checks.z_loss(z_loss), softcap=_checks.softcap(softcap))
         kernel = triton_kl_loss if divergence else triton_cross_entropy
         return kernel(logits, target, weight, options)
-    loss, omega = _reference.token_losses(
+    parts = _reference.token_losses(
         logits,
         target,
         weight=weight,
@@ -69,7 +69,7 @@ def _dense(
         softcap=_checks.softcap(softcap),
         divergence=divergence,
     )
-    return _reference.reduce(loss, omega, _checks.reduction(reduction))
+    return _reference.reduce(*parts[:2], _checks.reduction(reduction), *parts[2:])
 
 
 def cross_entropy(
@@ -93,13 +93,18 @@ def cross_entropy(
 
     .. math::
 
-        \ell = -\sum_c w_c t'_c \log q_c
-               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2 ,
+        \ell = \underbrace{-\sum_c w_c t'_c \log q_c}_{\ell_H}
+               + \lambda_z \, (\operatorname{logsumexp} z)^2
 
-    where :math:`\omega = w_y` for a class index :math:`y` (0 if ignored) and 1 for a
-    probability target.  ``mean`` is :math:`\sum \ell / \sum \omega`, the rule of
+    for a counted token (0 log 0 = 0: a zero target at a ``-inf`` logit adds nothing).
+    The z-loss is **not** weighted by the class weights: every counted token carries
+    :math:`\lambda_z \operatorname{lse}^2` alike, as in PaLM and Liger-Kernel.  With
+    :math:`\omega = w_y` for a class index :math:`y` (0 if ignored) and 1 for a
+    probability target, ``mean`` is
+    :math:`\sum \ell_H / \sum \omega + \lambda_z \sum \operatorname{lse}^2 / n`,
+    :math:`n` the number of counted tokens: the cross-entropy part follows
     :func:`torch.nn.functional.cross_entropy`, which this matches wherever their options
-    overlap.
+    overlap, and the z-loss is a plain mean over the counted tokens.
 
     Parameters
     ----------
@@ -119,7 +124,8 @@ def cross_entropy(
     label_smoothing : float in [0, 1]
         Mass spread uniformly over all C classes.
     z_loss : float >= 0
-        Coefficient of the z-loss :math:`\lambda_z (\operatorname{logsumexp} z)^2`.
+        Coefficient of the z-loss :math:`\lambda_z (\operatorname{logsumexp} z)^2`, the
+        same for every counted token whatever its class weight.
     softcap : float > 0, optional
         Applied first: :math:`z = s \tanh(\text{logits} / s)`.
     validate : bool, optional
@@ -183,8 +189,8 @@ def kl_loss(
     .. math::
 
         \ell = \sum_c w_c t'_c \log \frac{t'_c}{q_c}
-               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2
-             = \ell_{H} - S_w(t'),
+               + \lambda_z \, (\operatorname{logsumexp} z)^2
+             = \ell - S_w(t') \text{ (with } \ell \text{ that of cross\_entropy)},
 
     so ``cross_entropy(z, t) - kl_loss(z, t)`` is the target's entropy and the two have
     the same gradient with respect to ``z``, to the bit: minimising one minimises the

@@ -14,17 +14,45 @@ Conventions shared by every loss (``C`` classes, class dimension last):
   ``H = -sum_c w_c t'_c log q_c`` (for labels exactly ``F.cross_entropy``'s
   ``(1 - eps) w_y (-log q_y) + eps / C sum_c w_c (-log q_c)``), and
   ``D = H - S`` with ``S = -sum_c w_c t'_c log t'_c`` the weighted entropy of ``t'``.
+* ``0 * log 0 = 0``: a class of zero target weight contributes nothing even where its
+  logit is ``-inf`` (:func:`times`), in the loss and in the gradient.
 * A token's weight ``omega`` is ``w[y]`` for labels (0 when ignored) and 1 for
-  probabilities.  The z-loss adds ``z_loss * omega * lse**2``.
-* ``mean`` divides the sum by ``sum omega`` (``F.cross_entropy``'s rule; the number of
-  tokens for probability targets) and gives 0, not NaN, when that sum is 0.
+  probabilities.  The z-loss adds ``z_loss * lse**2`` to every counted token, whatever
+  its class weight (as Liger-Kernel and PaLM weight every token alike).
+* ``mean`` divides the cross-entropy part by ``sum omega`` (``F.cross_entropy``'s rule;
+  the number of tokens for probability targets) and the z-loss part by the number of
+  counted tokens; a zero divisor gives 0, not NaN.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["cross_entropy", "entropy_loss", "kl_loss", "reduce", "token_losses"]
+__all__ = [
+    "TokenLosses",
+    "cross_entropy",
+    "entropy_loss",
+    "kl_loss",
+    "reduce",
+    "times",
+    "token_losses",
+]
+
+
+class TokenLosses(NamedTuple):
+    """Per-token parts of a loss, each of the batch shape.
+
+    ``loss`` the cross-entropy (or divergence) part, ``omega`` its token weight,
+    ``z`` the z-loss part ``z_loss * lse**2`` (0 for ignored tokens; None without
+    z-loss) and ``counted`` 1.0 for counted tokens, 0.0 for ignored ones.
+    """
+
+    loss: torch.Tensor
+    omega: torch.Tensor
+    z: torch.Tensor | None
+    counted: torch.Tensor
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -38,6 +66,16 @@ def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     return z
+
+
+def times(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``u * v`` with ``0 * inf = 0`` (as ``0 log 0 = 0``), differentiable in both.
+
+    Where ``u == 0`` and ``v`` is infinite the product and both derivatives are 0, so a
+    zero target probability at a ``-inf`` logit (``log q = -inf``) gives neither a NaN
+    loss nor a NaN gradient.
+    """
+    return u * torch.where((u == 0) & torch.isinf(v), 0.0, v)
 
 
 def _label_entropy(
@@ -61,8 +99,8 @@ def token_losses(
     z_loss: float = 0.0,
     softcap: float | None = None,
     divergence: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses and token weights ``omega``, both of shape ``logits.shape[:-1]``.
+) -> TokenLosses:
+    """Per-token losses, token weights ``omega`` and z-loss terms (:class:`TokenLosses`).
 
     ``divergence=False`` gives the cross-entropy ``H``, ``True`` the KL divergence
     ``D = H - S``.  The ``S`` term never involves the logits, so the two have the same
@@ -81,10 +119,11 @@ def token_losses(
         if eps:
             t = (1.0 - eps) * t + eps / num_classes
         wt = t if w is None else t * w
-        loss = -(wt * logq).sum(-1)
+        loss = -times(wt, logq).sum(-1)
         if divergence:
             loss = loss + (wt * torch.log(torch.where(t > 0, t, 1.0))).sum(-1)
         omega = torch.ones_like(lse)
+        counted_f = omega
     else:
         y = target.long()
         counted = y != ignore_index
@@ -102,21 +141,39 @@ def token_losses(
             entropy = _label_entropy(eps, num_classes, w_y, w_total)
             loss = loss - torch.where(counted, entropy, 0.0)
         loss = torch.where(counted & ~valid, torch.nan, loss)
-    if z_loss:
-        loss = loss + z_loss * omega * lse.square()
-    return loss, omega
+        counted_f = counted.to(dtype)
+    z = z_loss * counted_f * lse.square() if z_loss else None
+    return TokenLosses(loss, omega, z, counted_f)
 
 
-def reduce(loss: torch.Tensor, omega: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``none``, ``sum``, or ``mean`` as ``sum(loss) / sum(omega)`` with 0 / 0 = 0."""
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    denom = omega.sum()
+def _mean(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
     # A where() on the quotient would leak NaN into the gradient; guard the divisor.
     return total / torch.where(denom != 0, denom, 1.0)
+
+
+def reduce(
+    loss: torch.Tensor,
+    omega: torch.Tensor,
+    reduction: str,
+    z: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``none``, ``sum``, or ``mean``: ``sum(loss) / sum(omega) + sum(z) / sum(counted)``.
+
+    ``z`` (the z-loss terms, optional) is added per token for ``none`` and ``sum``; for
+    ``mean`` it is averaged over the counted tokens, independently of the class weights
+    in ``omega``.  A zero divisor gives 0.
+    """
+    if reduction == "none":
+        return loss if z is None else loss + z
+    total = loss.sum()
+    if reduction == "sum":
+        return total if z is None else total + z.sum()
+    out = _mean(total, omega.sum())
+    if z is not None:
+        assert counted is not None, "the z-loss mean needs the counted tokens"
+        out = out + _mean(z.sum(), counted.sum())
+    return out
 
 
 def cross_entropy(
@@ -131,7 +188,7 @@ def cross_entropy(
     softcap: float | None = None,
 ) -> torch.Tensor:
     """Cross-entropy ``H(t', softmax(z))`` per the module conventions, unchecked."""
-    loss, omega = token_losses(
+    parts = token_losses(
         logits,
         target,
         weight=weight,
@@ -140,7 +197,7 @@ def cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
     )
-    return reduce(loss, omega, reduction)
+    return reduce(*parts[:2], reduction, *parts[2:])
 
 
 def kl_loss(
@@ -155,7 +212,7 @@ def kl_loss(
     softcap: float | None = None,
 ) -> torch.Tensor:
     """KL divergence ``D(t' || softmax(z))`` per the module conventions, unchecked."""
-    loss, omega = token_losses(
+    parts = token_losses(
         logits,
         target,
         weight=weight,
@@ -165,7 +222,7 @@ def kl_loss(
         softcap=softcap,
         divergence=True,
     )
-    return reduce(loss, omega, reduction)
+    return reduce(*parts[:2], reduction, *parts[2:])
 
 
 def entropy_loss(
@@ -178,7 +235,7 @@ def entropy_loss(
     """The model's entropy ``-sum_c q_c log q_c`` per token, ``mask`` selecting tokens."""
     z = capped(logits, softcap)
     logq = torch.log_softmax(z, dim=-1)
-    loss = -(logq.exp() * logq).sum(-1)
+    loss = -times(logq.exp(), logq).sum(-1)
     if mask is None:
         omega = torch.ones_like(loss)
     else:
