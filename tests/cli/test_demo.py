@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from collections import Counter
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -20,8 +21,12 @@ from crossentropy.cli import _demo_data, main  # noqa: E402
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crossentropy.cli", "demo", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "crossentropy.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,15 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object]:
 
 def test_writes_json_and_a_valid_png(text_run):
     result, out = text_run
-    for key in ("dataset", "base", "entropy_data", "max_parameter_difference", "history",
-                "history_kl", "held_out"):
+    for key in (
+        "dataset",
+        "base",
+        "entropy_data",
+        "max_parameter_difference",
+        "history",
+        "history_kl",
+        "held_out",
+    ):
         assert key in result
     assert result["dataset"] == "text" and result["base"] == 2
     assert len(result["history"]) == len(result["history_kl"]) == 41
@@ -74,7 +86,8 @@ def test_the_truths_entropy_is_estimated_above_the_samples(text_run):
 def test_entropy_of_the_data_matches_an_independent_count(text_run):
     # H(next | previous) of the training text, counted with collections.Counter.
     result, _ = text_run
-    pieces = _demo_data.standard_library_text().split(". ")
+    text = (files("crossentropy.cli") / "data" / "demo_text.txt").read_text(encoding="ascii")
+    pieces = " ".join(text.split()).split(". ")
     paragraphs = [p + "." for p in pieces[:-1]] + pieces[-1:]  # the split keeps the "."
     paragraphs = [p for p in paragraphs if len(p) > 1]
     train = [p for i, p in enumerate(paragraphs) if i % 5]
@@ -130,3 +143,21 @@ def test_bigram_rows_are_distributions():
     data = _demo_data.text()
     np.testing.assert_allclose(data.train.targets.sum(axis=1), 1.0)
     assert data.train.weights.sum() == pytest.approx(1.0)
+
+
+def test_the_text_is_shipped_and_fixed_whatever_the_python():
+    # The text is a file of the package, not Python's docstrings read at run time: the
+    # numbers below (Python 3.11.7's docstrings, frozen) hold on every Python version.
+    path = files("crossentropy.cli") / "data" / "demo_text.txt"
+    raw = path.read_text(encoding="ascii")
+    assert set(raw) <= set(_demo_data.ALPHABET) | {"\n"}
+    assert _demo_data.demo_text() == " ".join(raw.split())
+    assert len(_demo_data.demo_text()) == 119_470
+    data = _demo_data.text()
+    assert "93,613 training characters" in data.description
+    # S(D) in bits, by direct counting over the (previous, next) table of the data set.
+    c = data.train.counts
+    rows = c.sum(axis=1, keepdims=True)
+    seen = c > 0
+    s_bits = -(c[seen] / c.sum() * np.log2((c / np.maximum(rows, 1))[seen])).sum()
+    assert round(s_bits, 4) == 3.4211

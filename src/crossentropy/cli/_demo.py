@@ -35,16 +35,33 @@ def register(commands: Any) -> None:
         help="watch minimising cross-entropy minimise the KL divergence (H = D + S)",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    sub.add_argument("--dataset", choices=sorted(DATASETS), default="text",
-                     help="text: character bigrams of Python's docstrings (default); "
-                     "digits: scikit-learn's digits with a teacher's soft targets")
-    sub.add_argument("--steps", type=_positive_int, default=_DEFAULT_STEPS,
-                     help=f"optimisation steps (default {_DEFAULT_STEPS})")
+    sub.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="text",
+        help="text: character bigrams of a fixed text, Python 3.11's docstrings "
+        "shipped with the package (default); "
+        "digits: scikit-learn's digits with a teacher's soft targets",
+    )
+    sub.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=_DEFAULT_STEPS,
+        help=f"optimisation steps (default {_DEFAULT_STEPS})",
+    )
     sub.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
-    sub.add_argument("--base", type=_base, default=None,
-                     help="logarithm base: e (nats, default) or 2 (bits) or any number > 0")
-    sub.add_argument("--out", type=Path, default=Path("crossentropy-demo"),
-                     help="folder for demo.png and demo.json (default ./crossentropy-demo)")
+    sub.add_argument(
+        "--base",
+        type=_base,
+        default=None,
+        help="logarithm base: e (nats, default) or 2 (bits) or any number > 0",
+    )
+    sub.add_argument(
+        "--out",
+        type=Path,
+        default=Path("crossentropy-demo"),
+        help="folder for demo.png and demo.json (default ./crossentropy-demo)",
+    )
     sub.add_argument("--no-plot", action="store_true", help="skip the figure")
     sub.set_defaults(run=run)
 
@@ -108,8 +125,10 @@ def train(data: DataSet, *, steps: int, seed: int, progress: Any = None) -> dict
 
     generator = torch.Generator().manual_seed(seed)
     d, k = train_rows.inputs.shape[1], train_rows.targets.shape[1]
-    init = (0.01 * torch.randn(d, k, generator=generator, dtype=torch.float64),
-            torch.zeros(k, dtype=torch.float64))
+    init = (
+        0.01 * torch.randn(d, k, generator=generator, dtype=torch.float64),
+        torch.zeros(k, dtype=torch.float64),
+    )
     runs = {loss: _Run(torch, init, loss) for loss in ("cross_entropy", "kl_divergence")}
     differences = []
     threads = torch.get_num_threads()
@@ -120,11 +139,14 @@ def train(data: DataSet, *, steps: int, seed: int, progress: Any = None) -> dict
                 run.record(step, train_rows, held_rows)
                 if step < steps:
                     run.step(train_rows)
-            differences.append(max(
-                float((a - b).detach().abs().max())
-                for a, b in zip(runs["cross_entropy"].params, runs["kl_divergence"].params,
-                                strict=True)
-            ))
+            differences.append(
+                max(
+                    float((a - b).detach().abs().max())
+                    for a, b in zip(
+                        runs["cross_entropy"].params, runs["kl_divergence"].params, strict=True
+                    )
+                )
+            )
             if progress is not None:
                 progress(step)
     finally:
@@ -144,8 +166,10 @@ class _Run:
     def __init__(self, torch: Any, init: tuple[Any, ...], loss: str) -> None:
         self.params = [p.clone().requires_grad_(True) for p in init]
         self.optimizer = torch.optim.Adam(self.params, lr=0.1)
-        self.loss = {"cross_entropy": _measures.cross_entropy,
-                     "kl_divergence": _measures.kl_divergence}[loss]
+        self.loss = {
+            "cross_entropy": _measures.cross_entropy,
+            "kl_divergence": _measures.kl_divergence,
+        }[loss]
         self.history: list[dict[str, float]] = []
         self.held_out: list[float] = []
         self._no_grad = torch.no_grad
@@ -175,9 +199,12 @@ def _in_base(result: dict[str, Any], log_base: float) -> dict[str, Any]:
         "history": [scale(e) for e in result["history"]],
         "history_kl": [scale(e) for e in result["history_kl"]],
         "held_out": [v / log_base for v in result["held_out"]],
-        "entropy_truth": None if result.get("entropy_truth") is None else {
+        "entropy_truth": None
+        if result.get("entropy_truth") is None
+        else {
             k: (v / log_base if k in ("value", "low", "high") else v)
-            for k, v in result["entropy_truth"].items()},
+            for k, v in result["entropy_truth"].items()
+        },
     }
 
 
@@ -205,8 +232,7 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
     unit = result["unit"]
     first, last = result["history"][0], result["history"][-1]
     s = result["entropy_data"]
-    residual = max(_identity_residual(result["history"]),
-                   _identity_residual(result["history_kl"]))
+    residual = max(_identity_residual(result["history"]), _identity_residual(result["history_kl"]))
     held = result["held_out"][-1]
     truth = result.get("entropy_truth")
     floor = [
@@ -218,7 +244,8 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
         floor.append(
             f"S(D) is the entropy of a sample, biased low; the truth's, estimated "
             f"({truth['method']}), is {truth['value']:.4f} {unit} "
-            f"(95% interval {truth['low']:.4f} to {truth['high']:.4f}): P(D) is not P(truth).")
+            f"(95% interval {truth['low']:.4f} to {truth['high']:.4f}): P(D) is not P(truth)."
+        )
     return [
         *floor,
         f"Trained on cross-entropy, the loss fell from {first['cross_entropy']:.4f} to "
@@ -228,9 +255,11 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
         f"H - D - S stayed within {residual:.1e} of 0 at every step: H - D is the flat line "
         "S(D), which the model cannot move.",
         "Trained on the KL divergence instead, the parameters "
-        + (f"never differed from the cross-entropy run by more than {difference:.1e}"
-           if (difference := result["max_parameter_difference"]) else
-           "stayed bitwise identical to the cross-entropy run's")
+        + (
+            f"never differed from the cross-entropy run by more than {difference:.1e}"
+            if (difference := result["max_parameter_difference"])
+            else "stayed bitwise identical to the cross-entropy run's"
+        )
         + ": the two losses differ by a constant and have the same gradient. That is why "
         "cross-entropy can be the loss.",
         f"On held-out data the loss ends at {held:.4f} {unit}, {held - last['cross_entropy']:+.4f}"
@@ -247,19 +276,42 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     unit = result["unit"]
     steps = np.array([e["step"] for e in result["history"]])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for key, label, colour in (("cross_entropy", "H(P(D), P(model))", "C0"),
-                               ("kl_divergence", "D(P(D) || P(model))", "C1")):
-        ax.plot(steps, [e[key] for e in result["history"]], color=colour, lw=2.5,
-                label=f"{label}, trained on H")
-        ax.plot(steps, [e[key] for e in result["history_kl"]], color="k", lw=1, ls="--",
-                label=f"{label}, trained on D")
-    ax.plot(steps, [e["entropy"] for e in result["history"]], color="C2", lw=2,
-            label="S(D) = H - D: the floor")
+    for key, label, colour in (
+        ("cross_entropy", "H(P(D), P(model))", "C0"),
+        ("kl_divergence", "D(P(D) || P(model))", "C1"),
+    ):
+        ax.plot(
+            steps,
+            [e[key] for e in result["history"]],
+            color=colour,
+            lw=2.5,
+            label=f"{label}, trained on H",
+        )
+        ax.plot(
+            steps,
+            [e[key] for e in result["history_kl"]],
+            color="k",
+            lw=1,
+            ls="--",
+            label=f"{label}, trained on D",
+        )
+    ax.plot(
+        steps,
+        [e["entropy"] for e in result["history"]],
+        color="C2",
+        lw=2,
+        label="S(D) = H - D: the floor",
+    )
     ax.plot(steps, result["held_out"], color="C3", lw=1.5, label="held-out loss")
     truth = result.get("entropy_truth")
     if truth is not None:
-        ax.axhspan(truth["low"], truth["high"], color="C2", alpha=0.2,
-                   label="S(truth), estimated: 95% interval")
+        ax.axhspan(
+            truth["low"],
+            truth["high"],
+            color="C2",
+            alpha=0.2,
+            label="S(truth), estimated: 95% interval",
+        )
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("step")
     ax.set_ylabel(unit)
@@ -267,17 +319,24 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     ax.legend(fontsize=8)
 
     eps = np.finfo(np.float64).eps * result["entropy_data"]
-    for key, marker, label in (("history", "o", "trained on H"),
-                               ("history_kl", "x", "trained on D")):
-        residual = np.array([e["cross_entropy"] - e["kl_divergence"] - e["entropy"]
-                             for e in result[key]]) / eps
+    for key, marker, label in (
+        ("history", "o", "trained on H"),
+        ("history_kl", "x", "trained on D"),
+    ):
+        residual = (
+            np.array([e["cross_entropy"] - e["kl_divergence"] - e["entropy"] for e in result[key]])
+            / eps
+        )
         ax2.plot(steps, residual, marker, ms=3, alpha=0.6, label=label)
     ax2.set_xscale("symlog", linthresh=1)
     ax2.set_xlabel("step")
     ax2.set_ylabel("H - D - S, in units of rounding of S(D)")
-    ax2.set_title("the identity H = D + S holds at every step, to rounding\n"
-                  "largest parameter difference between the two runs: "
-                  f"{result['max_parameter_difference']:.1e}", fontsize=10)
+    ax2.set_title(
+        "the identity H = D + S holds at every step, to rounding\n"
+        "largest parameter difference between the two runs: "
+        f"{result['max_parameter_difference']:.1e}",
+        fontsize=10,
+    )
     ax2.legend(fontsize=8, loc="upper right")
     write_atomic(str(path), lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
@@ -294,8 +353,12 @@ def run(args: argparse.Namespace) -> int:
     data = DATASETS[args.dataset]()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("training twice (on H and on D)", total=args.steps + 1)
-        result = train(data, steps=args.steps, seed=args.seed,
-                       progress=lambda step: bar.update(task, completed=step + 1))
+        result = train(
+            data,
+            steps=args.steps,
+            seed=args.seed,
+            progress=lambda step: bar.update(task, completed=step + 1),
+        )
     counts = data.train.counts
     result["entropy_truth"] = None if counts is None else truth_entropy(counts, seed=args.seed)
     result = _in_base(result, log_base)
@@ -310,15 +373,28 @@ def run(args: argparse.Namespace) -> int:
     }
 
     table = Table(title=f"crossentropy demo: {data.name}, in {result['unit']} per {data.unit}")
-    for column in ("step", "H (CE run)", "D (CE run)", "S(D)", "H - D - S",
-                   "H (KL run)", "held-out H"):
+    for column in (
+        "step",
+        "H (CE run)",
+        "D (CE run)",
+        "S(D)",
+        "H - D - S",
+        "H (KL run)",
+        "held-out H",
+    ):
         table.add_column(column, justify="right")
     for step in report_rows(result):
         e, k = result["history"][step], result["history_kl"][step]
         residual = e["cross_entropy"] - e["kl_divergence"] - e["entropy"]
-        table.add_row(str(step), f"{e['cross_entropy']:.4f}", f"{e['kl_divergence']:.4f}",
-                      f"{e['entropy']:.4f}", f"{residual:.1e}", f"{k['cross_entropy']:.4f}",
-                      f"{result['held_out'][step]:.4f}")
+        table.add_row(
+            str(step),
+            f"{e['cross_entropy']:.4f}",
+            f"{e['kl_divergence']:.4f}",
+            f"{e['entropy']:.4f}",
+            f"{residual:.1e}",
+            f"{k['cross_entropy']:.4f}",
+            f"{result['held_out'][step]:.4f}",
+        )
     console.print(table)
     for line in summary_lines(data, result):
         console.print(line)
@@ -331,6 +407,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         plot(result, out / "demo.png", f"{data.name}: minimising H minimises D; S(D) is fixed")
         written.append(out / "demo.png")
-    console.print(f"Wrote {', '.join(map(str, written))} "
-                  f"in {time.perf_counter() - started:.1f} s.")
+    console.print(f"Wrote {', '.join(map(str, written))} in {time.perf_counter() - started:.1f} s.")
     return 0

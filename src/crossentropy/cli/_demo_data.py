@@ -8,22 +8,14 @@ is training on every token at once.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import numpy as np
 
-# Modules whose docstrings make the text: present in every CPython, in this order.
-_TEXT_MODULES = (
-    "collections", "functools", "itertools", "json", "re", "string", "textwrap",
-    "random", "statistics", "fractions", "argparse", "pathlib", "typing", "dataclasses",
-    "enum", "heapq", "bisect", "csv", "difflib", "calendar",
-)
 ALPHABET = " .abcdefghijklmnopqrstuvwxyz"
 
 
@@ -51,22 +43,15 @@ class DataSet:
     held_out: Split
 
 
-def standard_library_text() -> str:
-    """The docstrings of some standard-library modules, lower-cased, over 28 symbols."""
-    parts = []
-    for module_name in _TEXT_MODULES:
-        module = importlib.import_module(module_name)
-        parts.append(inspect.getdoc(module) or "")
-        with warnings.catch_warnings():  # typing.io and friends warn when touched
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for name in sorted(vars(module)):
-                member = getattr(module, name)
-                if name.startswith("_") or getattr(member, "__module__", None) != module_name:
-                    continue
-                parts.append(inspect.getdoc(member) or "")
-    text = "\n\n".join(parts).lower()
-    text = re.sub(r"[^a-z.\s]", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
+def demo_text() -> str:
+    """The demo's text, shipped with the package: lower-case a-z, "." and single spaces.
+
+    Python 3.11's docstrings of twenty standard-library modules, frozen once into
+    ``data/demo_text.txt`` (how, and the PSF licence, in ``data/README.txt``), so every
+    Python version trains on the same text and prints the same numbers.
+    """
+    path = resources.files("crossentropy.cli").joinpath("data", "demo_text.txt")
+    return " ".join(path.read_text(encoding="ascii").split())
 
 
 def _bigram_split(paragraphs: list[str]) -> Split:
@@ -83,15 +68,16 @@ def _bigram_split(paragraphs: list[str]) -> Split:
 
 
 def text(held_out_every: int = 5) -> DataSet:
-    """Character bigrams of :func:`standard_library_text`; every fifth docstring held out."""
-    paragraphs = [p for p in re.split(r"(?<=\.) ", standard_library_text()) if len(p) > 1]
+    """Character bigrams of :func:`demo_text`; every fifth sentence held out."""
+    paragraphs = [p for p in re.split(r"(?<=\.) ", demo_text()) if len(p) > 1]
     train = [p for i, p in enumerate(paragraphs) if i % held_out_every]
     held_out = [p for i, p in enumerate(paragraphs) if not i % held_out_every]
     size = sum(map(len, train))
     return DataSet(
         name="text",
-        description=f"character bigrams of Python's own docstrings ({size:,} training "
-        "characters); the model predicts the next character from the previous one",
+        description="character bigrams of a fixed text, Python 3.11's docstrings "
+        f"({size:,} training characters); the model predicts the next character from the "
+        "previous one",
         unit="character",
         classes=tuple(ALPHABET),
         train=_bigram_split(train),
