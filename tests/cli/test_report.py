@@ -22,22 +22,42 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import log_loss
 
-KEYS = {"n", "num_classes", "cross_entropy", "entropy", "kl_divergence", "label_entropy",
-        "information_gain", "perplexity", "accuracy", "ece", "temperature",
-        "cross_entropy_calibrated", "base", "per_class"}
+KEYS = {
+    "n",
+    "num_classes",
+    "cross_entropy",
+    "entropy",
+    "kl_divergence",
+    "label_entropy",
+    "information_gain",
+    "perplexity",
+    "accuracy",
+    "ece",
+    "temperature",
+    "cross_entropy_calibrated",
+    "base",
+    "per_class",
+}
 NAMES = ["cat", "dog", "eel", "fox"]
-
 
 
 def strict_json(text: str) -> dict:
     """json.loads that rejects the non-standard NaN/Infinity tokens."""
+
     def reject(token: str):
         raise ValueError(f"not JSON: {token}")
+
     return json.loads(text, parse_constant=reject)
 
+
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "crossentropy.cli", "report", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "crossentropy.cli", "report", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def digest(path):
@@ -150,12 +170,14 @@ def test_npz_with_one_array_per_class(data, tmp_path):
     r, _ = report(path, "--group", "group", tmp_path=tmp_path)
     assert r["num_classes"] == 4 and r["num_groups"] == 7
     assert r["cross_entropy"] == pytest.approx(
-        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5)
+        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5
+    )
     # --classes picks and orders the class arrays.
     r, _ = report(path, "--classes", "3,2,1,0", tmp_path=tmp_path)
     assert [c["class"] for c in r["per_class"]] == ["3", "2", "1", "0"]
     assert r["cross_entropy"] == pytest.approx(
-        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5)
+        log_loss(y, p.astype(np.float32), labels=range(4)), rel=1e-5
+    )
 
 
 def test_json_to_standard_output(data, tmp_path):
@@ -187,7 +209,8 @@ def test_temperature_matches_scipy_and_improves_the_loss(data, tmp_path):
     assert r["cross_entropy_calibrated"] < r["cross_entropy"]
     assert 1.5 < r["temperature"] < 3.0  # the labels were drawn at T = 2
     assert r["miscalibration"] == pytest.approx(
-        r["cross_entropy"] - r["cross_entropy_calibrated"], rel=1e-9)
+        r["cross_entropy"] - r["cross_entropy_calibrated"], rel=1e-9
+    )
 
 
 def test_calibrated_model_gets_no_worse(tmp_path):
@@ -245,10 +268,25 @@ def test_reservoir_is_uniform():
 #   D: labels 1 2      -> S = ln 2                               (2 rows)
 # S(D) = (4 ln 2 + 4 (2 ln 2 - 3/4 ln 3) + 0 + 2 ln 2) / 11 = (14 ln 2 - 3 ln 3) / 11
 #      = 0.58256579 nats = (14 - 3 log2 3) / 11 = 0.84046477 bits.
-GROUP_ROWS = [("A", 0), ("B", 0), ("C", 2), ("A", 0), ("D", 1), ("B", 0), ("A", 1),
-              ("B", 0), ("D", 2), ("A", 1), ("B", 1)]
-EMPIRICAL = {"A": [0.5, 0.5, 0.0], "B": [0.75, 0.25, 0.0], "C": [0.0, 0.0, 1.0],
-             "D": [0.0, 0.5, 0.5]}
+GROUP_ROWS = [
+    ("A", 0),
+    ("B", 0),
+    ("C", 2),
+    ("A", 0),
+    ("D", 1),
+    ("B", 0),
+    ("A", 1),
+    ("B", 0),
+    ("D", 2),
+    ("A", 1),
+    ("B", 1),
+]
+EMPIRICAL = {
+    "A": [0.5, 0.5, 0.0],
+    "B": [0.75, 0.25, 0.0],
+    "C": [0.0, 0.0, 1.0],
+    "D": [0.0, 0.5, 0.5],
+}
 S_NATS = (14 * math.log(2) - 3 * math.log(3)) / 11
 
 
@@ -286,15 +324,95 @@ def test_group_entropy_by_hand(tmp_path):
     # Unique inputs: a group per row gives S(D) = 0.
     unique = df.assign(input=np.arange(len(df)))
     path3 = tmp_path / "unique.npz"
-    np.savez(path3, label=unique["label"].to_numpy(), probs=unique[["0", "1", "2"]].to_numpy(),
-             group=unique["input"].to_numpy())
+    np.savez(
+        path3,
+        label=unique["label"].to_numpy(),
+        probs=unique[["0", "1", "2"]].to_numpy(),
+        group=unique["input"].to_numpy(),
+    )
     r3, _ = report(path3, "--group", "group", tmp_path=tmp_path)
     assert r3["entropy"] == 0 and r3["num_groups"] == len(df)
 
 
+VARY_WARNING = (
+    "the model's predictions vary within a group: it uses information beyond "
+    "the group, so H - S(D) is not a KL divergence"
+)
+
+
+def test_predictions_that_vary_within_a_group_give_no_kl_divergence(tmp_path):
+    # Two inputs, each seen with labels a and b, so S(D) = ln 2; but the model gives each
+    # row its own prediction (0.99 on the row's label): it uses more than the input.
+    # H = -ln 0.99 on every row, and H - S(D) = -ln 0.99 - ln 2 = -0.68309684 < 0: not a
+    # divergence, so it must not be shown as one.
+    path = tmp_path / "x.csv"
+    path.write_text("g,a,b,label\n1,0.99,0.01,a\n1,0.01,0.99,b\n2,0.99,0.01,a\n2,0.01,0.99,b\n")
+    h, s = -math.log(0.99), math.log(2)
+    assert pytest.approx(-0.68309684, abs=1e-8) == h - s
+    r, proc = report(path, "--group", "g", tmp_path=tmp_path)
+    assert r["cross_entropy"] == pytest.approx(h, rel=1e-12)
+    assert r["entropy"] == pytest.approx(s, rel=1e-12)
+    assert r["kl_divergence"] is None and r["predictions_vary_within_groups"] is True
+    assert r["excess_over_data_entropy"] == pytest.approx(h - s, rel=1e-12)
+    assert proc.stderr.strip() == f"crossentropy report: warning: {VARY_WARNING}"
+    # The table names it H - S(D), never a KL divergence.
+    table = run(path, "--group", "g")
+    assert table.returncode == 0 and VARY_WARNING in table.stderr
+    assert "KL divergence" not in table.stdout.replace("NOT a KL divergence", "")
+    assert "H - S(D)" in table.stdout and "-0.683097" in table.stdout
+    # The calibrated loss (T -> 0 makes every row's loss 0) is 0, not -5e-17.
+    assert r["cross_entropy_calibrated"] >= 0
+    # One row per batch: a group's rows are compared across batches too.
+    one, _ = report(path, "--group", "g", "--batch-size", 1, tmp_path=tmp_path)
+    assert one["kl_divergence"] is None and one["predictions_vary_within_groups"] is True
+
+
+@pytest.mark.parametrize("form", ["probs", "logits", "log_probs"])
+def test_predictions_that_are_a_function_of_the_group_give_the_kl(form, tmp_path):
+    # Group 1: (1/2, 1/2) on labels a, b; group 2: (0.99, 0.01) on labels a, b.  S(D) = ln 2
+    # and KL = sum_g n_g/n D(P(D)(.|g) || q_g) = 0 + (1/2) D((1/2, 1/2) || (0.99, 0.01))
+    #    = (1/2) (-ln 2 - (ln 0.99 + ln 0.01) / 2).
+    # Logits are shifted by a different constant on each row of a group (the same
+    # prediction), and given in float32, so equal predictions differ by rounding only.
+    q = np.array([[0.5, 0.5], [0.5, 0.5], [0.99, 0.01], [0.99, 0.01]])
+    shift = np.array([[0.0], [3.0], [-7.0], [11.0]])
+    values = {"probs": q, "log_probs": np.log(q), "logits": np.log(q) + shift}[form]
+    path = tmp_path / "y.npz"
+    np.savez(
+        path,
+        label=np.array([0, 1, 0, 1]),
+        group=np.array([1, 1, 2, 2]),
+        **{form: values.astype(np.float32)},
+    )
+    r, proc = report(path, "--group", "group", tmp_path=tmp_path)
+    kl = 0.5 * (-math.log(2) - (math.log(0.99) + math.log(0.01)) / 2)
+    assert r["predictions_vary_within_groups"] is False and proc.stderr == ""
+    assert r["entropy"] == pytest.approx(math.log(2), rel=1e-12)
+    assert r["kl_divergence"] == pytest.approx(kl, rel=1e-6)
+    assert r["excess_over_data_entropy"] == r["kl_divergence"]
+
+
+def test_a_kl_below_zero_by_rounding_is_shown_as_zero(tmp_path):
+    # Each input's predictions are its empirical label distribution, written with 17
+    # digits: H = S(D) exactly in real numbers, and the difference of the float sums is
+    # rounding (|H - S(D)| ~ 1e-17), which must not print as a negative divergence.
+    df = pd.DataFrame([EMPIRICAL[g] for g, _ in GROUP_ROWS], columns=["0", "1", "2"])
+    df.insert(0, "label", [y for _, y in GROUP_ROWS])
+    df.insert(1, "input", [g for g, _ in GROUP_ROWS])
+    df = pd.concat([df] * 7, ignore_index=True)
+    path = tmp_path / "groups.csv"
+    df.to_csv(path, index=False, float_format="%.17g")
+    r, _ = report(path, "--group", "input", "--batch-size", 5, tmp_path=tmp_path)
+    assert r["predictions_vary_within_groups"] is False
+    assert abs(r["excess_over_data_entropy"]) < 1e-14
+    assert r["kl_divergence"] == max(r["excess_over_data_entropy"], 0.0) >= 0
+
+
 def test_zero_probability_label_is_infinite_not_a_crash(tmp_path):
-    df = frame(np.array([[0.5, 0.5, 0, 0], [0.0, 1.0, 0, 0], [0.25, 0.25, 0.25, 0.25]]),
-               np.array([0, 0, 3]))
+    df = frame(
+        np.array([[0.5, 0.5, 0, 0], [0.0, 1.0, 0, 0], [0.25, 0.25, 0.25, 0.25]]),
+        np.array([0, 0, 3]),
+    )
     path = tmp_path / "zero.csv"
     df.to_csv(path, index=False)
     png = tmp_path / "zero.png"
@@ -333,6 +451,7 @@ def test_streamed_batches_agree_with_one_batch(data, tmp_path):
 
 # -- bad input: one line on stderr, exit code 2, no traceback, no output written ----------
 
+
 def bad(tmp_path, path, *args, match):
     out = tmp_path / "never.json"
     before = digest(path) if os.path.isfile(path) else None
@@ -357,32 +476,48 @@ def write(tmp_path, name, text):
 GOOD = "label,a,b\na,0.25,0.75\nb,0.5,0.5\n"
 
 
-@pytest.mark.parametrize(("text", "args", "match"), [
-    ("y,a,b\na,0.25,0.75\n", (), "no label column 'label'"),
-    (GOOD, ("--label", "target"), "no label column 'target'"),
-    (GOOD, ("--group", "who"), "no group column 'who'"),
-    ("label,a,b\na,0.25,0.75\nb,0.5,0.5\nzebra,0.5,0.5\n", (),
-     "label 'zebra' in row 2 (line 4) is not among the 2 classes ('a', 'b')"),
-    ("label,a,b\na,0.25,0.75\nb,nan,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
-    ("label,a,b\na,0.25,0.75\nb,,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
-    ("label,a,b\na,0.25,0.75\nb,-0.1,1.1\n", (),
-     "negative or infinite probability -0.1 in row 1 (line 3), class 'a'"),
-    ("label,a,b\na,0.25,0.75\nb,0.5,0.5\na,0.6,0.6\n", ("--batch-size", "2"),
-     "the probabilities in row 2 (line 4) sum to 1.2, not 1"),
-    ("label,a,b\n", (), "has no rows"),
-    ("", (), "is empty"),
-    ("label,a,b\na,0.25,x\n", (), "cannot read"),
-    (GOOD, ("--form", "logits", "--base", "1"), "--base must be a positive number"),
-])
+@pytest.mark.parametrize(
+    ("text", "args", "match"),
+    [
+        ("y,a,b\na,0.25,0.75\n", (), "no label column 'label'"),
+        (GOOD, ("--label", "target"), "no label column 'target'"),
+        (GOOD, ("--group", "who"), "no group column 'who'"),
+        (
+            "label,a,b\na,0.25,0.75\nb,0.5,0.5\nzebra,0.5,0.5\n",
+            (),
+            "label 'zebra' in row 2 (line 4) is not among the 2 classes ('a', 'b')",
+        ),
+        ("label,a,b\na,0.25,0.75\nb,nan,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
+        ("label,a,b\na,0.25,0.75\nb,,0.5\n", (), "NaN or missing value in row 1 (line 3)"),
+        (
+            "label,a,b\na,0.25,0.75\nb,-0.1,1.1\n",
+            (),
+            "negative or infinite probability -0.1 in row 1 (line 3), class 'a'",
+        ),
+        (
+            "label,a,b\na,0.25,0.75\nb,0.5,0.5\na,0.6,0.6\n",
+            ("--batch-size", "2"),
+            "the probabilities in row 2 (line 4) sum to 1.2, not 1",
+        ),
+        ("label,a,b\n", (), "has no rows"),
+        ("", (), "is empty"),
+        ("label,a,b\na,0.25,x\n", (), "cannot read"),
+        (GOOD, ("--form", "logits", "--base", "1"), "--base must be a positive number"),
+    ],
+)
 def test_bad_csv(tmp_path, text, args, match):
     bad(tmp_path, write(tmp_path, "in.csv", text), *args, match=match)
 
 
 def test_a_column_that_is_not_a_class_is_named_in_the_error(tmp_path):
     path = write(tmp_path, "ids.csv", "id,label,a,b\n7,a,0.25,0.75\n")
-    bad(tmp_path, path, match="row 0 (line 2) sum to 8, not 1 (tolerance 0.00035); normalise "
+    bad(
+        tmp_path,
+        path,
+        match="row 0 (line 2) sum to 8, not 1 (tolerance 0.00035); normalise "
         "them, raise --tolerance, or use --form logits; the class columns were taken to be "
-        "every column but the label and group ('id', 'a', 'b'): name them with --classes")
+        "every column but the label and group ('id', 'a', 'b'): name them with --classes",
+    )
     r, _ = report(path, "--classes", "a,b", tmp_path=tmp_path)
     assert r["cross_entropy"] == pytest.approx(-math.log(0.25), rel=1e-12)
 
@@ -399,17 +534,24 @@ def test_bad_logits_and_log_probs(tmp_path):
 def test_bad_files(tmp_path):
     bad(tmp_path, tmp_path / "missing.csv", match="no such file")
     bad(tmp_path, write(tmp_path, "notes.txt", "hello"), match="cannot tell the format")
-    bad(tmp_path, write(tmp_path, "junk.parquet", "not parquet at all"),
-        match="cannot read")
+    bad(tmp_path, write(tmp_path, "junk.parquet", "not parquet at all"), match="cannot read")
     bad(tmp_path, write(tmp_path, "junk.npz", "not a zip"), match="as .npz")
     path = tmp_path / "labels_only.npz"
     np.savez(path, label=np.array([0, 1]))
-    bad(tmp_path, path, match="has no predictions: save one of the arrays probs, logits, "
-        "log_probs (n, K), or one (n,) array per class; it holds: label")
+    bad(
+        tmp_path,
+        path,
+        match="has no predictions: save one of the arrays probs, logits, "
+        "log_probs (n, K), or one (n,) array per class; it holds: label",
+    )
     path = tmp_path / "two_forms.npz"
     np.savez(path, label=np.array([0, 1]), probs=np.eye(2), logits=np.eye(2))
-    bad(tmp_path, path, match="holds more than one of the arrays probs, logits, log_probs "
-        "(probs, logits): pick one with --form")
+    bad(
+        tmp_path,
+        path,
+        match="holds more than one of the arrays probs, logits, log_probs "
+        "(probs, logits): pick one with --form",
+    )
     bad(tmp_path, path, "--form", "log_probs", match="has no array 'log_probs'")
     path = tmp_path / "short_column.npz"
     np.savez(path, label=np.array([0, 1]), a=np.array([0.5, 0.5]), b=np.array([0.5]))
@@ -438,7 +580,8 @@ def test_tsv_with_numeric_labels(tmp_path):
     r, _ = report(path, tmp_path=tmp_path)
     assert r["format"] == "tsv"
     assert r["cross_entropy"] == pytest.approx(
-        log_loss([1, 0], [[0.2, 0.8], [0.6, 0.4]]), rel=1e-12)
+        log_loss([1, 0], [[0.2, 0.8], [0.6, 0.4]]), rel=1e-12
+    )
 
 
 def test_missing_output_directory(tmp_path):

@@ -28,6 +28,12 @@ BETA_BOUNDS = (1e-2, 1e2)
 DEFAULT_TOLERANCE = math.sqrt(float(np.finfo(np.float32).eps))
 # Values per chunk of a batch in the single pass (1 MiB of float32: cache-sized).
 CHUNK_VALUES = 2**18
+# With groups, each row's prediction q is summarised by PROJECTIONS fixed random
+# projections q . r (r uniform in [1, 2]; then every projection lies in [1, 2]); a
+# group's predictions differ when a projection's range within the group exceeds
+# max(tolerance, PROJECTION_ULPS * eps of the values' dtype).
+PROJECTIONS = 2
+PROJECTION_ULPS = 64
 
 
 def sample_rows(num_classes: int) -> int:
@@ -74,8 +80,8 @@ class Reservoir:
             if filled == 0:
                 self.values = np.empty((self.capacity, self._num_classes), dtype=self._dtype)
                 self.labels = np.empty(self.capacity, dtype=np.int64)
-            self.values[self._filled:self._filled + take] = values[:take]
-            self.labels[self._filled:self._filled + take] = labels[:take]
+            self.values[self._filled : self._filled + take] = values[:take]
+            self.labels[self._filled : self._filled + take] = labels[:take]
             self._filled += take
         rest = count - take
         if rest > 0:
@@ -92,7 +98,7 @@ class Reservoir:
         self.seen += count
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.values[:self._filled], self.labels[:self._filled]
+        return self.values[: self._filled], self.labels[: self._filled]
 
 
 @dataclass
@@ -183,12 +189,21 @@ class Accumulator:
     """One streaming pass over (values, labels[, groups]) batches.
 
     Keeps O(classes + bins) counters, a :class:`Reservoir` for the temperature fit, and
-    (with groups) the (group, label) counts.
+    (with groups) the (group, label) counts and, per group, the range of a few random
+    projections of the prediction (to tell whether the prediction is a function of the
+    group).
     """
 
-    def __init__(self, num_classes: int, form: str, dtype: Any, *,
-                 tolerance: float = DEFAULT_TOLERANCE, sample: bool = True,
-                 line_offset: int | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        form: str,
+        dtype: Any,
+        *,
+        tolerance: float = DEFAULT_TOLERANCE,
+        sample: bool = True,
+        line_offset: int | None = None,
+    ) -> None:
         if form not in FORMS:
             raise ValueError(f"form must be one of {', '.join(FORMS)}; got {form!r}")
         self.num_classes = num_classes
@@ -203,9 +218,17 @@ class Accumulator:
         self.bin_confidence = np.zeros(ECE_BINS, dtype=np.float64)
         self.bin_correct = np.zeros(ECE_BINS, dtype=np.float64)
         self.infinite = 0
-        self.reservoir = (Reservoir(sample_rows(num_classes), num_classes, dtype)
-                          if sample else None)
+        self.reservoir = Reservoir(sample_rows(num_classes), num_classes, dtype) if sample else None
         self.groups: GroupCounts | None = None
+        # The prediction's projections: fixed, so a report is reproducible.
+        rng = np.random.default_rng(12345)
+        self._projection = rng.uniform(1.0, 2.0, size=(PROJECTIONS, num_classes))
+        self._projection_tolerance = max(
+            tolerance,
+            PROJECTION_ULPS * float(np.finfo(np.dtype(dtype)).eps)
+            if np.issubdtype(np.dtype(dtype), np.floating)
+            else 0.0,
+        )
 
     # -- validation -----------------------------------------------------------------
     def _where(self, mask_rows: np.ndarray) -> int:
@@ -220,8 +243,9 @@ class Accumulator:
             return
         self._explain(values, sums, "probabilities", class_names)
 
-    def _explain(self, values: np.ndarray, sums: np.ndarray, what: str,
-                 class_names: list[str] | None) -> None:
+    def _explain(
+        self, values: np.ndarray, sums: np.ndarray, what: str, class_names: list[str] | None
+    ) -> None:
         def name(col: int) -> str:
             return repr(class_names[col]) if class_names else str(col)
 
@@ -235,8 +259,11 @@ class Accumulator:
             if bad.any():
                 row = self._where(bad.any(axis=1))
                 col = int(np.flatnonzero(bad[row])[0])
-                self._fail(f"negative or infinite probability {values[row, col]:g} in "
-                           f"{{where}}, class {name(col)}", row)
+                self._fail(
+                    f"negative or infinite probability {values[row, col]:g} in "
+                    f"{{where}}, class {name(col)}",
+                    row,
+                )
         else:
             bad = values == np.inf
             if bad.any():
@@ -249,29 +276,56 @@ class Accumulator:
         off = ~(np.abs(sums - 1) <= self.tolerance)
         row = self._where(off)
         total = "the probabilities" if what == "probabilities" else "exp(log-probabilities)"
-        self._fail(f"{total} in {{where}} sum to {float(sums[row]):.9g}, not 1 (tolerance "
-                   f"{self.tolerance:.2g}); normalise them, raise --tolerance, or use "
-                   "--form logits", row)
+        self._fail(
+            f"{total} in {{where}} sum to {float(sums[row]):.9g}, not 1 (tolerance "
+            f"{self.tolerance:.2g}); normalise them, raise --tolerance, or use "
+            "--form logits",
+            row,
+        )
 
     # -- the pass -------------------------------------------------------------------
-    def update(self, values: np.ndarray, labels: np.ndarray, groups: Any = None,
-               class_names: list[str] | None = None) -> None:
+    def update(
+        self,
+        values: np.ndarray,
+        labels: np.ndarray,
+        groups: Any = None,
+        class_names: list[str] | None = None,
+    ) -> None:
         """Add a batch: ``values`` (b, K) in the accumulator's form, ``labels`` (b,) int."""
-        if groups is not None:
-            if self.groups is None:
-                self.groups = GroupCounts()
-            self.groups.add(groups, labels)
         # The checks, argmax and row sums each pass over the values: in chunks that stay
         # in cache, the passes after the first are cheap.
         step = max(1, CHUNK_VALUES // max(self.num_classes, 1))
+        project = groups is not None
+        projections = []
         for start in range(0, values.shape[0], step):
-            self._update(values[start:start + step], labels[start:start + step], class_names)
+            part = self._update(
+                values[start : start + step], labels[start : start + step], class_names, project
+            )
+            if part is not None:
+                projections.append(part)
+        if groups is not None:
+            if self.groups is None:
+                self.groups = GroupCounts()
+            empty = np.empty((0, PROJECTIONS))
+            self.groups.add(groups, labels, np.concatenate([empty, *projections]))
 
-    def _update(self, values: np.ndarray, labels: np.ndarray,
-                class_names: list[str] | None) -> None:
+    def _project(self, q: np.ndarray) -> np.ndarray:
+        """(b, PROJECTIONS): q . r for each fixed r, summed row by row (the same rounding
+        for equal rows wherever they are)."""
+        q = q.astype(np.float64, copy=False)
+        return np.stack([(q * r).sum(axis=1) for r in self._projection], axis=1)
+
+    def _update(
+        self,
+        values: np.ndarray,
+        labels: np.ndarray,
+        class_names: list[str] | None,
+        project: bool = False,
+    ) -> np.ndarray | None:
         b = values.shape[0]
         if b == 0:
-            return
+            return None
+        projection = None
         rows = np.arange(b)
         pred = values.argmax(axis=1)
         top = values[rows, pred].astype(np.float64)
@@ -281,15 +335,21 @@ class Accumulator:
                 self._check_probs(values, class_names)
                 confidence = top
                 loss = -np.log(picked)
+                if project:
+                    projection = self._project(values)
             elif self.form == "log_probs":
                 if not np.all(top < np.inf):  # NaN or +inf somewhere in the row
-                    self._explain(values, np.exp(values).sum(axis=1), "log-probabilities",
-                                  class_names)
-                sums = np.exp(values).sum(axis=1)
+                    self._explain(
+                        values, np.exp(values).sum(axis=1), "log-probabilities", class_names
+                    )
+                probs = np.exp(values)
+                sums = probs.sum(axis=1)
                 if not np.all(np.abs(sums - 1) <= self.tolerance):
                     self._explain(values, sums, "log-probabilities", class_names)
                 confidence = np.exp(top)
                 loss = -picked
+                if project:
+                    projection = self._project(probs)
             else:
                 if not np.all(np.isfinite(top)):
                     if np.isnan(top).any() or (top == np.inf).any():
@@ -301,6 +361,8 @@ class Accumulator:
                 lse = top + np.log(s)
                 confidence = 1.0 / s
                 loss = lse - picked
+                if project:
+                    projection = self._project(shifted / s.astype(shifted.dtype)[:, None])
         correct = pred == labels
         self.correct += int(np.count_nonzero(correct))
         self.class_count += np.bincount(labels, minlength=self.num_classes)
@@ -320,6 +382,7 @@ class Accumulator:
         else:
             self.infinite += int(b - np.count_nonzero(np.isfinite(loss)))
         self.n += b
+        return projection
 
     # -- results --------------------------------------------------------------------
     def result(self, *, fit: bool = True) -> dict[str, Any]:
@@ -333,8 +396,10 @@ class Accumulator:
         freq = counts[counts > 0] / n
         label_entropy = float(-(freq * np.log(freq)).sum())
         entropy_truth = None
+        vary = False
         if self.groups is not None:
             entropy, num_groups = self.groups.entropy(n)
+            vary = self.groups.spread() > self._projection_tolerance
             table = self.groups.table(self.num_classes)
             if table is not None:
                 entropy_truth = truth_entropy(table)
@@ -351,8 +416,16 @@ class Accumulator:
             if c:
                 conf, acc = self.bin_confidence[i] / c, self.bin_correct[i] / c
                 ece += c / n * abs(acc - conf)
-            bins.append({"bin": i, "lower": i / ECE_BINS, "upper": (i + 1) / ECE_BINS,
-                         "count": c, "confidence": conf, "accuracy": acc})
+            bins.append(
+                {
+                    "bin": i,
+                    "lower": i / ECE_BINS,
+                    "upper": (i + 1) / ECE_BINS,
+                    "count": c,
+                    "confidence": conf,
+                    "accuracy": acc,
+                }
+            )
         out: dict[str, Any] = {
             "n": n,
             "num_classes": self.num_classes,
@@ -360,7 +433,13 @@ class Accumulator:
             "cross_entropy": cross_entropy,
             "entropy": entropy,
             "entropy_truth": entropy_truth,
-            "kl_divergence": cross_entropy - entropy,
+            # H - S(D) is D(P(D) || model) only when the prediction is a function of the
+            # group (then it is >= 0, and a negative value is rounding: clamped to 0).
+            # Otherwise the model uses more than the group and the difference is no
+            # divergence (it can be negative): it is reported under its own name only.
+            "excess_over_data_entropy": cross_entropy - entropy,
+            "kl_divergence": None if vary else max(cross_entropy - entropy, 0.0),
+            "predictions_vary_within_groups": vary,
             "label_entropy": label_entropy,
             "information_gain": label_entropy - cross_entropy,
             "perplexity": math.exp(cross_entropy) if cross_entropy < 709 else math.inf,
@@ -381,7 +460,8 @@ class Accumulator:
             gain = 0.0
             if result.rows:
                 per_row = max(result.loss_before - result.loss_after, 0.0)
-                gain = per_row * self.reservoir.seen / n
+                # The gain cannot exceed the loss (the loss at T is >= 0): more is rounding.
+                gain = min(per_row * self.reservoir.seen / n, cross_entropy)
             out.update(
                 temperature=result.temperature,
                 cross_entropy_calibrated=cross_entropy - gain,
@@ -393,6 +473,19 @@ class Accumulator:
         return out
 
 
+def _range_names(table: Any) -> list[str]:
+    """pyarrow names an aggregate "p0_min" (or "p0_min_min" on re-aggregation): the group
+    key comes last.  Back to "g", "p0_min", "p0_max", ..."""
+    names = []
+    for name in table.column_names:
+        if name == "g":
+            names.append("g")
+        else:
+            column, how = name.split("_")[0], name.rsplit("_", 1)[1]
+            names.append(f"{column}_{how}")
+    return names
+
+
 class GroupCounts:
     """Counts of (group, label) pairs, aggregated with pyarrow and compacted as they grow.
 
@@ -401,10 +494,12 @@ class GroupCounts:
 
     def __init__(self) -> None:
         self._tables: list[Any] = []
+        self._ranges: list[Any] = []  # per group: min and max of each projection
         self._pending = 0
         self._compacted = 0
 
-    def add(self, groups: Any, labels: np.ndarray) -> None:
+    def add(self, groups: Any, labels: np.ndarray, projections: np.ndarray | None = None) -> None:
+        """Count a batch's (group, label) pairs; ``projections`` (b, m): see :meth:`spread`."""
         import pyarrow as pa
 
         if not isinstance(groups, (pa.Array, pa.ChunkedArray)):
@@ -413,6 +508,15 @@ class GroupCounts:
         part = table.group_by(["g", "y"]).aggregate([([], "count_all")])
         self._tables.append(part.rename_columns(["g", "y", "c"]))
         self._pending += part.num_rows
+        if projections is not None and projections.shape[1]:
+            columns = {f"p{j}": pa.array(projections[:, j]) for j in range(projections.shape[1])}
+            ranges = (
+                pa.table({"g": groups, **columns})
+                .group_by(["g"])
+                .aggregate([(name, how) for name in columns for how in ("min", "max")])
+            )
+            self._ranges.append(ranges.rename_columns(_range_names(ranges)))
+            self._pending += ranges.num_rows
         if self._pending > max(2 * self._compacted, 1 << 20):
             self._compact()
 
@@ -423,8 +527,31 @@ class GroupCounts:
             table = pa.concat_tables(self._tables, promote_options="permissive")
             table = table.group_by(["g", "y"]).aggregate([("c", "sum")])
             self._tables = [table.rename_columns(["g", "y", "c"])]
-        self._compacted = self._tables[0].num_rows if self._tables else 0
+        if len(self._ranges) > 1:
+            table = pa.concat_tables(self._ranges, promote_options="permissive")
+            names = [n for n in table.column_names if n != "g"]
+            table = table.group_by(["g"]).aggregate([(n, n.rsplit("_", 1)[1]) for n in names])
+            self._ranges = [table.rename_columns(_range_names(table))]
+        self._compacted = sum(t.num_rows for t in self._tables[:1] + self._ranges[:1])
         self._pending = 0
+
+    def spread(self) -> float:
+        """The largest range, within one group, of a projection of the prediction.
+
+        0 (to rounding) when the prediction is a function of the group; a random
+        projection of two different predictions differs with probability 1.
+        """
+        self._compact()
+        if not self._ranges:
+            return 0.0
+        table = self._ranges[0]
+        widest = 0.0
+        for name in table.column_names:
+            if name.endswith("_min"):
+                low = table[name].to_numpy()
+                high = table[name[:-4] + "_max"].to_numpy()
+                widest = max(widest, float(np.max(high - low, initial=0.0)))
+        return widest
 
     def table(self, num_classes: int) -> np.ndarray | None:
         """The (groups, classes) table of counts; None above ``MAX_CONTEXTS`` groups."""
@@ -434,8 +561,7 @@ class GroupCounts:
         if len(codes.dictionary) > MAX_CONTEXTS:
             return None
         dense = np.zeros((len(codes.dictionary), num_classes), dtype=np.int64)
-        np.add.at(dense, (codes.indices.to_numpy(), table["y"].to_numpy()),
-                  table["c"].to_numpy())
+        np.add.at(dense, (codes.indices.to_numpy(), table["y"].to_numpy()), table["c"].to_numpy())
         return dense
 
     def entropy(self, n: int) -> tuple[float, int]:
