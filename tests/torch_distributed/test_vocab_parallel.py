@@ -714,6 +714,101 @@ def dtensor_inputs(rank, world):
 # ------------------------------------------------------------------------- the harness
 
 
+def _z_oracle(z, y, cw, coef, reduction):
+    """F.cross_entropy(weight=cw) + coef * lse^2 per counted token (the PaLM z-loss, not
+    weighted by the class weight); 'mean' divides that part by the counted tokens."""
+    import torch.nn.functional as F
+
+    counted = y != -100
+    zsq = torch.where(counted, coef * torch.logsumexp(z, -1).square(), 0.0)
+    ce_part = F.cross_entropy(z, y, weight=cw, reduction=reduction)
+    if reduction == "none":
+        return ce_part + zsq
+    return ce_part + (zsq.sum() if reduction == "sum" else zsq.sum() / counted.sum())
+
+
+@check
+def z_loss_does_not_carry_the_class_weight(rank, world):
+    sizes = SPLITS[world][0]
+    classes = sum(sizes)
+    a, b = bounds(sizes, rank)
+    for i, reduction in enumerate(("mean", "sum", "none")):
+        gen = torch.Generator().manual_seed(900 + i)
+        n, d = 9, 4
+        hidden = torch.randn(n, d, generator=gen, dtype=F64)
+        weight = torch.randn(classes, d, generator=gen, dtype=F64)
+        cw = torch.rand(classes, generator=gen, dtype=F64) * 3
+        cw[0] = 0.0
+        _, y = make((n,), classes, seed=910 + i)
+        y[0] = 0
+        upstream = torch.rand(n if reduction == "none" else (), generator=gen, dtype=F64)
+        h_ref = hidden.clone().requires_grad_()
+        w_ref = weight.clone().requires_grad_()
+        ref = _z_oracle(h_ref @ w_ref.T, y, cw, 0.2, reduction)
+        ref.backward(upstream)
+        zfull = (hidden @ weight.T).requires_grad_()
+        zref = _z_oracle(zfull, y, cw, 0.2, reduction)
+        zref.backward(upstream)
+
+        shard = (hidden @ weight[a:b].T).requires_grad_()
+        out = vocab_parallel_cross_entropy(
+            shard, y, weight=cw[a:b], z_loss=0.2, reduction=reduction
+        )
+        out.backward(upstream)
+        close(out, zref.detach(), f"dense loss {reduction}")
+        close(shard.grad, zfull.grad[:, a:b], f"dense logits grad {reduction}")
+
+        h = hidden.clone().requires_grad_()
+        w = weight[a:b].clone().requires_grad_()
+        out = vocab_parallel_linear_cross_entropy(
+            h, w, y, class_weight=cw[a:b], z_loss=0.2, reduction=reduction, chunk_size=4
+        )
+        out.backward(upstream)
+        close(out, ref.detach(), f"fused loss {reduction}")
+        close(h.grad, h_ref.grad, f"fused hidden grad {reduction}")
+        close(w.grad, w_ref.grad[a:b], f"fused weight grad {reduction}")
+
+
+@check
+def zero_target_at_minus_inf_logit(rank, world):
+    # 0 log 0 = 0: probability targets that are 0 where the logit (bias) is -inf.  Oracle:
+    # float64 log_softmax with the zero-target terms masked; dH/dz = softmax sum(t) - t.
+    sizes = SPLITS[world][0]
+    classes = sum(sizes)
+    a, b = bounds(sizes, rank)
+    gen = torch.Generator().manual_seed(950)
+    n, d = 6, 3
+    hidden = torch.randn(n, d, generator=gen, dtype=F64)
+    weight = torch.randn(classes, d, generator=gen, dtype=F64)
+    bias = torch.randn(classes, generator=gen, dtype=F64)
+    dead = [1, classes - 1]
+    bias[dead] = -math.inf
+    t = torch.rand(n, classes, generator=gen, dtype=F64)
+    t[:, dead] = 0.0
+    t = t / t.sum(-1, keepdim=True)
+    z = hidden @ weight.T + bias
+    logq = torch.log_softmax(z, -1)
+    loss = -torch.where(t == 0, 0.0, t * logq).sum(-1)
+    g = torch.softmax(z, -1) * t.sum(-1, keepdim=True) - t
+    upstream = torch.rand(n, generator=gen, dtype=F64)
+    shard = z[:, a:b].clone().requires_grad_()
+    out = vocab_parallel_cross_entropy(shard, t[:, a:b], reduction="none")
+    out.backward(upstream)
+    close(out, loss, "dense loss")
+    close(shard.grad, (g * upstream[:, None])[:, a:b], "dense logits grad")
+
+    h = hidden.clone().requires_grad_()
+    w = weight[a:b].clone().requires_grad_()
+    bb = bias[a:b].clone().requires_grad_()
+    out = vocab_parallel_linear_cross_entropy(h, w, t[:, a:b], bias=bb, reduction="mean")
+    out.backward()
+    close(out, loss.mean(), "fused loss")
+    gm = g / n
+    close(h.grad, gm @ weight, "fused hidden grad")
+    close(w.grad, (gm.T @ hidden)[a:b], "fused weight grad")
+    close(bb.grad, gm.sum(0)[a:b], "fused bias grad")
+
+
 def _worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group(

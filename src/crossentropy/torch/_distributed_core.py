@@ -18,13 +18,16 @@ Notation (per token ``i``; ``C`` the global vocabulary, ``eps`` the label smooth
 ignored; ``lam`` the z-loss coefficient)::
 
     loss = (1 - eps) omega (lse - z_y) + [counted] eps / C (W lse - sum_c w_c z_c)
-           + lam omega lse^2
     dloss/dz_c = q_c A - (1 - eps) omega [c = y] - [counted] eps / C w_c
-    A = (1 - eps) omega + [counted] eps W / C + 2 lam omega lse
+    A = (1 - eps) omega + [counted] eps W / C
 
 and for probability targets ``t`` (``wt = w ((1 - eps) t + eps / C)``, ``T = sum wt``)::
 
-    loss = T lse - sum_c wt_c z_c + lam lse^2,     dloss/dz_c = q_c (T + 2 lam lse) - wt_c
+    loss = T lse - sum_c wt_c z_c,     dloss/dz_c = q_c T - wt_c
+
+plus, apart, the z-loss ``zl = [counted] lam lse^2`` whatever the class weights, with
+``dzl/dz_c = [counted] 2 lam lse q_c``: its own output, so that ``mean`` can average it
+over the counted tokens while the loss is averaged over ``sum omega``.
 
 which are :mod:`crossentropy.torch._reference`'s definitions written with sums that split
 over the vocabulary slices.
@@ -301,16 +304,14 @@ def label_loss(
     *,
     eps: float,
     vocab: int,
-    z_loss: float,
 ) -> torch.Tensor:
-    """Per-token loss from the combined statistics (the reference's formula)."""
+    """Per-token loss from the combined statistics (the reference's formula), without
+    the z-loss."""
     loss = (1.0 - eps) * omega * (lse - z_y)
     if eps:
         assert smooth_sum is not None  # gathered whenever there is smoothing
         smooth = weight_total * lse - smooth_sum
         loss = loss + torch.where(counted, (eps / vocab) * smooth, 0.0)
-    if z_loss:
-        loss = loss + z_loss * omega * lse.square()
     return torch.where(counted & ~valid, torch.nan, loss)
 
 
@@ -318,6 +319,7 @@ def label_grad_(
     z: torch.Tensor,
     lse: torch.Tensor,
     scale: torch.Tensor,
+    zscale: torch.Tensor,
     omega: torch.Tensor,
     counted: torch.Tensor,
     hit: torch.Tensor,
@@ -329,18 +331,20 @@ def label_grad_(
     vocab: int,
     z_loss: float,
 ) -> torch.Tensor:
-    """Turn a block of capped logits ``z`` into ``scale_i * dloss_i/dz`` in place.
+    """Turn a block of capped logits ``z`` into ``scale_i dloss_i/dz + zscale_i dzl_i/dz``
+    in place.
 
-    ``scale`` is the per-token upstream gradient.  The softcap's derivative is applied by
-    the caller.
+    ``scale`` and ``zscale`` are the per-token upstream gradients of the loss and of the
+    z-loss (0 for ignored tokens).  The softcap's derivative is applied by the caller.
     """
     cnt = counted.to(z.dtype)
     coef = (1.0 - eps) * omega
     if eps:
         coef = coef + cnt * (eps * weight_total / vocab)
+    coef = scale * coef
     if z_loss:
-        coef = coef + 2.0 * z_loss * omega * lse
-    z.sub_(lse.unsqueeze(1)).exp_().mul_((scale * coef).unsqueeze(1))
+        coef = coef + (2.0 * z_loss) * zscale * lse
+    z.sub_(lse.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
     if z.shape[1]:
         onehot = torch.where(hit, -(1.0 - eps) * omega * scale, 0.0)
         z.scatter_add_(1, local.unsqueeze(1), onehot.unsqueeze(1))

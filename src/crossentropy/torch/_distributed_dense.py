@@ -21,6 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _distributed_core as core
+from ._reference import times
 
 __all__ = ["Options", "apply"]
 
@@ -52,13 +53,20 @@ def _forward_stats(logits, target, weight, opts):
     rows = min(opts.chunk_size, max(n_tok, 1))
     buf = torch.empty(rows, width, dtype=compute, device=logits.device)
     return forward_stats(
-        lambda a, b: _capped(logits, a, b, buf, opts.softcap), rows, n_tok, target, weight,
-        opts, compute, logits.device,
+        lambda a, b: _capped(logits, a, b, buf, opts.softcap),
+        rows,
+        n_tok,
+        target,
+        weight,
+        opts,
+        compute,
+        logits.device,
     )
 
 
 def forward_stats(logits_of, rows, n_tok, target, weight, opts, compute, device):
-    """Per-token losses, token weights and what backward needs (``saved``).
+    """Per-token losses (without the z-loss), z-losses (0 for ignored tokens), token
+    weights and what backward needs (``saved``).
 
     ``logits_of(a, b)`` gives the capped compute-dtype logits of tokens ``a:b`` in a
     reusable block (overwritten here); chunks are ``rows`` tokens.  Shared by the dense
@@ -78,15 +86,13 @@ def forward_stats(logits_of, rows, n_tok, target, weight, opts, compute, device)
             z = logits_of(a, b)
             wt = _soft_weights(target[a:b], w, eps, vocab, compute)
             total_t[a:b] = wt.sum(1)
-            dot[a:b] = (wt * z).sum(1)
+            dot[a:b] = times(wt, z).sum(1)  # 0 * -inf = 0: no mass, no term
             zmax[a:b], sumexp[a:b] = core.local_max_and_sumexp(z)
         shift, (s, t_sum, u_sum) = core.combine(zmax, [sumexp, total_t, dot], opts.group)
         lse = shift + s.log()
         loss = t_sum * lse - u_sum
-        if opts.z_loss:
-            loss = loss + opts.z_loss * lse.square()
         omega = torch.ones_like(lse)
-        return loss, omega, (lse, t_sum)
+        return loss, _z_terms(lse, None, opts), omega, (lse, t_sum)
 
     counted, valid, hit, local = core.label_positions(target, layout, opts.ignore_index)
     cols = [torch.empty_like(zmax)]
@@ -129,9 +135,16 @@ def forward_stats(logits_of, rows, n_tok, target, weight, opts, compute, device)
         valid,
         eps=eps,
         vocab=vocab,
-        z_loss=opts.z_loss,
     )
-    return loss, omega, (lse, omega, w_total)
+    return loss, _z_terms(lse, counted, opts), omega, (lse, omega, w_total)
+
+
+def _z_terms(lse, counted, opts):
+    """``z_loss * lse^2`` per counted token, the same whatever its class weight."""
+    if not opts.z_loss:
+        return torch.zeros_like(lse)
+    z = opts.z_loss * lse.square()
+    return z if counted is None else torch.where(counted, z, 0.0)
 
 
 def _soft_weights(t, w, eps, vocab, compute):
@@ -154,8 +167,7 @@ class GradientOfChunk:
     def __init__(self, target, w, saved, w_total, opts, compute):
         self.target, self.w, self.opts, self.compute = target, w, opts, compute
         if opts.soft:
-            self.lse, t_sum = saved
-            self.coef = t_sum + 2.0 * opts.z_loss * self.lse if opts.z_loss else t_sum
+            self.lse, self.t_sum = saved
             self.counted = None
         else:
             self.lse, self.omega = saved[0], saved[1]
@@ -168,18 +180,24 @@ class GradientOfChunk:
         """The per-token upstream gradient, 0 for ignored tokens."""
         return scale if self.counted is None else torch.where(self.counted, scale, 0.0)
 
-    def __call__(self, z: torch.Tensor, a: int, b: int, s: torch.Tensor) -> None:
+    def __call__(self, z: torch.Tensor, a: int, b: int, s: torch.Tensor, sz: torch.Tensor) -> None:
+        """``z`` becomes ``s dloss/dz + sz dzl/dz`` (loss and z-loss upstream gradients)."""
         opts = self.opts
         eps, vocab = opts.label_smoothing, opts.layout.vocab
         if opts.soft:
             wt = _soft_weights(self.target[a:b], self.w, eps, vocab, self.compute)
-            z.sub_(self.lse[a:b].unsqueeze(1)).exp_().mul_((s * self.coef[a:b]).unsqueeze(1))
+            lse = self.lse[a:b]
+            coef = s * self.t_sum[a:b]
+            if opts.z_loss:
+                coef = coef + (2.0 * opts.z_loss) * sz * lse
+            z.sub_(lse.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
             z.sub_(wt * s.unsqueeze(1))
             return
         core.label_grad_(
             z,
             self.lse[a:b],
             s,
+            sz,
             self.omega[a:b],
             self.counted[a:b],
             self.hit[a:b],
@@ -195,7 +213,7 @@ class GradientOfChunk:
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, opts):  # type: ignore[override]
-        loss, omega, saved = _forward_stats(logits, target, weight, opts)
+        loss, zl, omega, saved = _forward_stats(logits, target, weight, opts)
         ctx.opts = opts
         ctx.mark_non_differentiable(omega)
         w_total = saved[-1] if isinstance(saved[-1], torch.Tensor) else None
@@ -203,11 +221,11 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         tensors = [t for t in saved if isinstance(t, torch.Tensor)]
         ctx.n_saved = len(tensors)
         ctx.save_for_backward(logits, target, weight, *tensors)
-        return loss, omega
+        return loss, zl, omega
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad, _grad_omega):  # type: ignore[override]
+    def backward(ctx, grad, grad_z, _grad_omega):  # type: ignore[override]
         opts = ctx.opts
         logits, target, weight, *saved = ctx.saved_tensors
         compute = core.compute_dtype(logits.dtype)
@@ -228,6 +246,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             keep = logits.new_empty(rows, width, dtype=compute)
         grad_ = GradientOfChunk(target, w, saved, ctx.w_total, opts, compute)
         scale = grad_.mask(scale)
+        zscale = grad_.mask(grad_z.to(compute))
         lse = grad_.lse
         for a in range(0, n_tok, rows):
             b = min(a + rows, n_tok)
@@ -245,7 +264,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 dtarget[a:b] = dt
             if dlogits is None:
                 continue
-            grad_(z, a, b, s)
+            grad_(z, a, b, s, zscale[a:b])
             if keep is not None:
                 z.mul_(keep[: b - a].square_().neg_().add_(1.0))
             if buf is not None:
@@ -255,5 +274,6 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 @torch.compiler.disable
 def apply(logits, target, weight, opts):
-    """Per-token losses and token weights ``omega`` (N,) for the flat ``(N, V_r)`` shard."""
+    """Per-token losses, z-losses and token weights ``omega`` (N,) for the flat ``(N, V_r)``
+    shard."""
     return _VocabParallelCrossEntropy.apply(logits, target, weight, opts)

@@ -89,7 +89,9 @@ def _forward(hidden, weight, bias, target, class_weight, opts):
     )
 
 
-def _backward(hidden, weight, bias, target, class_weight, saved, w_total, scale, opts, needs):
+def _backward(
+    hidden, weight, bias, target, class_weight, saved, w_total, scale, zscale, opts, needs
+):
     n_tok, dim = hidden.shape
     width = weight.shape[0]
     dtype = hidden.dtype
@@ -99,6 +101,7 @@ def _backward(hidden, weight, bias, target, class_weight, saved, w_total, scale,
     w = None if class_weight is None else class_weight.to(compute)
     grad_ = dense.GradientOfChunk(target, w, saved, w_total, opts, compute)
     scale = grad_.mask(scale.to(compute))
+    zscale = grad_.mask(zscale.to(compute))
     new = hidden.new_zeros
     # The hidden gradient is a sum over the slices: accumulate and all-reduce it in the
     # compute dtype, so that half inputs are not summed across ranks in half precision.
@@ -111,7 +114,7 @@ def _backward(hidden, weight, bias, target, class_weight, saved, w_total, scale,
     for a in range(0, n_tok, rows):
         b = min(a + rows, n_tok)
         z = blocks.logits(a, b)
-        grad_(z, a, b, scale[a:b])
+        grad_(z, a, b, scale[a:b], zscale[a:b])
         if blocks.tanh is not None:
             z.mul_(blocks.tanh[: b - a].square_().neg_().add_(1.0))
         if db is not None:
@@ -147,27 +150,37 @@ def _backward(hidden, weight, bias, target, class_weight, saved, w_total, scale,
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, class_weight, opts):  # type: ignore[override]
-        loss, omega, saved = _forward(hidden, weight, bias, target, class_weight, opts)
+        loss, zl, omega, saved = _forward(hidden, weight, bias, target, class_weight, opts)
         ctx.opts = opts
         ctx.mark_non_differentiable(omega)
         # The summed class weight is a tensor with class weights, else the float C.
         tensors = [t for t in saved if isinstance(t, torch.Tensor)]
         ctx.w_total = None if len(tensors) == len(saved) else saved[-1]
         ctx.save_for_backward(hidden, weight, bias, target, class_weight, *tensors)
-        return loss, omega
+        return loss, zl, omega
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad, _grad_omega):  # type: ignore[override]
+    def backward(ctx, grad, grad_z, _grad_omega):  # type: ignore[override]
         hidden, weight, bias, target, class_weight, *saved = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         dh, dw, db = _backward(
-            hidden, weight, bias, target, class_weight, saved, ctx.w_total, grad, ctx.opts, needs
+            hidden,
+            weight,
+            bias,
+            target,
+            class_weight,
+            saved,
+            ctx.w_total,
+            grad,
+            grad_z,
+            ctx.opts,
+            needs,
         )
         return dh, dw, db, None, None, None
 
 
 @torch.compiler.disable
 def apply(hidden, weight, bias, target, class_weight, opts):
-    """Per-token losses and token weights (N,) for flat ``hidden`` (N, D)."""
+    """Per-token losses, z-losses and token weights (N,) for flat ``hidden`` (N, D)."""
     return _VocabParallelLinearCrossEntropy.apply(hidden, weight, bias, target, class_weight, opts)

@@ -23,12 +23,17 @@ def _use_triton(impl: str, tensor: torch.Tensor, *others: torch.Tensor | None) -
 
     if impl == "triton":
         if not _triton.available(tensor):
-            raise ValueError("impl='triton' needs a CUDA tensor and Triton installed "
-                             "(or TRITON_INTERPRET=1 for CPU tensors)")
+            raise ValueError(
+                "impl='triton' needs a CUDA tensor and Triton installed "
+                "(or TRITON_INTERPRET=1 for CPU tensors)"
+            )
         return True
     # Gradients for class weights or soft targets stay on the reference path.
-    return (tensor.is_cuda and _triton.available(tensor)
-            and not any(t is not None and t.requires_grad for t in others))
+    return (
+        tensor.is_cuda
+        and _triton.available(tensor)
+        and not any(t is not None and t.requires_grad for t in others)
+    )
 
 
 def _dense(
@@ -54,9 +59,12 @@ def _dense(
         from ._triton import DenseOptions, triton_cross_entropy, triton_kl_loss
 
         options = DenseOptions(
-            ignore_index=ignore, reduction=_checks.reduction(reduction),
+            ignore_index=ignore,
+            reduction=_checks.reduction(reduction),
             label_smoothing=_checks.label_smoothing(label_smoothing),
-            z_loss=_checks.z_loss(z_loss), softcap=_checks.softcap(softcap))
+            z_loss=_checks.z_loss(z_loss),
+            softcap=_checks.softcap(softcap),
+        )
         kernel = triton_kl_loss if divergence else triton_cross_entropy
         return kernel(logits, target, weight, options)
     parts = _reference.token_losses(
@@ -369,28 +377,40 @@ def linear_cross_entropy(
     reads_data = _checks.reads_data(validate, hidden)
     soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)
     if soft and target.requires_grad and torch.is_grad_enabled():
-        raise ValueError("target (probabilities) must not require grad: the fused loss treats "
-                         "it as a constant (use cross_entropy on the logits for its gradient)")
+        raise ValueError(
+            "target (probabilities) must not require grad: the fused loss treats "
+            "it as a constant (use cross_entropy on the logits for its gradient)"
+        )
     _checks.class_weight(class_weight, vocab, reads_data, "class_weight")
     if class_weight is not None and class_weight.requires_grad and torch.is_grad_enabled():
-        raise ValueError("class_weight must not require grad: the fused loss treats it as a "
-                         "constant (use cross_entropy on the logits for its gradient)")
+        raise ValueError(
+            "class_weight must not require grad: the fused loss treats it as a "
+            "constant (use cross_entropy on the logits for its gradient)"
+        )
     reduction = _checks.reduction(reduction)
     chunk = _checks.chunk_size(chunk_size)
     cap = _checks.softcap(softcap)
     if class_weight is not None and impl == "triton":
-        raise ValueError("impl='triton' has no class weights in the fused kernel; use "
-                         "impl='torch' (or 'auto') with class_weight")
+        raise ValueError(
+            "impl='triton' has no class weights in the fused kernel; use "
+            "impl='torch' (or 'auto') with class_weight"
+        )
     if soft and impl == "triton":
-        raise ValueError("impl='triton' has no probability targets in the fused kernel; use "
-                         "impl='torch' (or 'auto')")
+        raise ValueError(
+            "impl='triton' has no probability targets in the fused kernel; use "
+            "impl='torch' (or 'auto')"
+        )
     if _use_triton(impl, hidden) and class_weight is None and not soft:
         from ._triton import LinearOptions, triton_linear_cross_entropy
 
         options = LinearOptions(
-            ignore_index=ignore, reduction=reduction,
+            ignore_index=ignore,
+            reduction=reduction,
             label_smoothing=_checks.label_smoothing(label_smoothing),
-            z_loss=_checks.z_loss(z_loss), softcap=cap, chunk_size=chunk)
+            z_loss=_checks.z_loss(z_loss),
+            softcap=cap,
+            chunk_size=chunk,
+        )
         return triton_linear_cross_entropy(hidden, weight, target, bias, options)
 
     flat = hidden.reshape(-1, dim).contiguous()

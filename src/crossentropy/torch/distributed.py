@@ -136,7 +136,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _checks
+from . import _checks, _reference
 from . import _distributed_core as core
 from . import _distributed_dense as dense
 from . import _distributed_fused as fused
@@ -259,13 +259,23 @@ def _normalizer(value: Any, reduction: str) -> Any:
     return number
 
 
-def _reduce(loss, omega, reduction, normalize_by, batch):
-    if reduction == "none":
-        return loss.reshape(batch)
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    denom = omega.sum() if normalize_by is None else normalize_by
+def _counted(target: torch.Tensor, soft: bool, ignore: int) -> torch.Tensor:
+    """1 for each counted token of the flat target, else 0 (every row of probabilities)."""
+    if soft:
+        return torch.ones(target.shape[0], device=target.device)
+    return (target != ignore).float()
+
+
+def _reduce(loss, zl, omega, counted, reduction, normalize_by, batch):
+    """The reduction of the per-token loss and z-loss: ``mean`` averages the loss over
+    ``sum omega`` and the z-loss over the counted tokens (the reference's rule), or both
+    over ``normalize_by`` when it is given."""
+    if normalize_by is None:
+        return _reference.reduce(loss, omega, reduction, zl, counted.to(zl)).reshape(
+            batch if reduction == "none" else ()
+        )
+    total = loss.sum() + zl.sum()
+    denom = normalize_by
     if not isinstance(denom, torch.Tensor):
         return total / denom if denom else total * 0.0
     denom = denom.to(total)
@@ -350,7 +360,7 @@ def vocab_parallel_cross_entropy(
     .. math::
 
         \ell = -\sum_{c=1}^{C} w_c t'_c \log q_c
-               + \lambda_z \, \omega \, (\operatorname{logsumexp} z)^2 ,
+               + \lambda_z \, (\operatorname{logsumexp} z)^2 ,
         \qquad t' = (1 - \varepsilon) t + \varepsilon / C ,
 
     with ``C`` the **global** vocabulary and the ``logsumexp`` over all of it.  The
@@ -376,7 +386,8 @@ def vocab_parallel_cross_entropy(
         As in :func:`crossentropy.torch.cross_entropy`; smoothing and z-loss are over the
         global vocabulary.
     normalize_by : Tensor or float, optional
-        Divisor of ``reduction='mean'`` instead of the local ``sum(omega)``, e.g.
+        Divisor of ``reduction='mean'`` (of the loss and of the z-loss) instead of the
+        local ``sum(omega)`` and number of counted tokens, e.g.
         :func:`global_token_count` for exact data-parallel gradient accumulation.  0 gives 0.
     validate : bool
         Also check the data (labels in range and equal on all ranks; probabilities
@@ -482,8 +493,8 @@ def vocab_parallel_cross_entropy(
         softcap=cap,
         chunk_size=core.chunk_rows(flat.shape[0], local_size, flat.dtype, 2),
     )
-    loss, omega = dense.apply(flat, flat_target, None if weight is None else weight, opts)
-    return _reduce(loss, omega, reduction, norm, batch)
+    loss, zl, omega = dense.apply(flat, flat_target, None if weight is None else weight, opts)
+    return _reduce(loss, zl, omega, _counted(flat_target, soft, ignore), reduction, norm, batch)
 
 
 def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:
@@ -629,8 +640,7 @@ def vocab_parallel_linear_cross_entropy(
         ignore = _checks.ignore_index(ignore_index)
         soft = _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
         if soft and target.requires_grad and torch.is_grad_enabled():
-            raise ValueError("target (probabilities) gets no gradient here; pass "
-                             "target.detach()")
+            raise ValueError("target (probabilities) gets no gradient here; pass target.detach()")
         _check_class_weight(class_weight, "class_weight", local_size, validate)
         reduction = _checks.reduction(reduction)
         eps = _checks.label_smoothing(label_smoothing)
@@ -691,5 +701,5 @@ def vocab_parallel_linear_cross_entropy(
         reduce_hidden_grad=bool(reduce_hidden_grad),
         soft=soft,
     )
-    loss, omega = fused.apply(flat, weight_shard, bias, labels, class_weight, opts)
-    return _reduce(loss, omega, reduction, norm, batch)
+    loss, zl, omega = fused.apply(flat, weight_shard, bias, labels, class_weight, opts)
+    return _reduce(loss, zl, omega, _counted(labels, soft, ignore), reduction, norm, batch)

@@ -1,7 +1,8 @@
 """Host code of the dense losses: launch the row kernel, one ``torch.autograd.Function``.
 
 With ``mean`` or ``sum`` and a gradient wanted, the forward pass writes the gradient
-already scaled for the reduction (``1 / sum(omega)`` for ``mean``, a device scalar, so no
+already scaled for the reduction (for ``mean``, ``1 / sum(omega)`` for the cross-entropy
+part and ``1 / n`` for the z-loss part, ``n`` the counted tokens: device scalars, so no
 host synchronisation), and ``backward`` only multiplies it by the incoming gradient, on
 the device and skipped there when that gradient is 1.  With ``none`` the per-token
 upstream gradient is unknown in forward, so the forward pass computes only the losses
@@ -19,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from . import _kernels
 from ._options import DenseOptions
 
-__all__ = ["apply", "compute_dtype", "launch_rows", "scale_inplace"]
+__all__ = ["apply", "compute_dtype", "launch_rows", "reduce", "scale_inplace"]
 
 #: Largest block of classes one program loads at a time.
 MAX_BLOCK = 8192
@@ -53,14 +54,16 @@ def launch_rows(
     divergence: bool,
     grad: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    zscale: torch.Tensor | None = None,
     block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the row kernel over ``x`` (R, C), last dimension contiguous.
 
-    ``target`` is (R,) integer or (R, C) probabilities; ``scale`` a 0-d or (R,) tensor.
-    When ``grad`` (R, C) is given (it may be ``x`` itself), the gradient of
-    ``sum_i scale_i loss_i`` is written into it.  Returns the per-row losses and
-    log-sum-exps in the compute dtype.
+    ``target`` is (R,) integer or (R, C) probabilities; ``scale`` and ``zscale`` 0-d or
+    (R,) tensors (``zscale`` defaults to ``scale``).  When ``grad`` (R, C) is given (it may
+    be ``x`` itself), the gradient of ``sum_i scale_i loss_i + zscale_i z_loss lse_i^2`` is
+    written into it.  Returns the per-row losses *without* the z-loss and the log-sum-exps
+    (0 for ignored rows) in the compute dtype; :func:`reduce` adds the z-loss.
     """
     rows, num_classes = x.shape
     compute = compute_dtype(x.dtype)
@@ -71,11 +74,15 @@ def launch_rows(
     has_grad = grad is not None
     # Unused pointers (no gradient, no class weights) point at x; the kernel never reads them.
     g_ptr, g_stride, s_ptr, s_stride = x, 0, loss, 0
+    zs_ptr, zs_stride = loss, 0
     if grad is not None:
         if scale is None:
             scale = torch.ones((), dtype=compute, device=x.device)
+        if zscale is None:
+            zscale = scale
         g_ptr, g_stride = grad, grad.stride(0)
         s_ptr, s_stride = scale, (scale.stride(0) if scale.ndim else 0)
+        zs_ptr, zs_stride = zscale, (zscale.stride(0) if zscale.ndim else 0)
     bl = _block(num_classes, block)
     num_warps = 4 if bl <= 1024 else (8 if bl <= 4096 else 16)
     _kernels.row_kernel[(rows,)](
@@ -90,6 +97,8 @@ def launch_rows(
         lse,
         s_ptr,
         s_stride,
+        zs_ptr,
+        zs_stride,
         num_classes,
         int(ignore_index),
         float(label_smoothing),
@@ -121,20 +130,52 @@ def scale_inplace(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _nonzero(value: torch.Tensor) -> torch.Tensor:
+    return torch.where(value != 0, value, torch.ones_like(value))
+
+
 def _denominator(
     target: torch.Tensor, weight: torch.Tensor | None, soft: bool, ignore: int, dtype, rows: int
 ) -> torch.Tensor:
-    """``sum(omega)`` as a device scalar, with 0 replaced by 1 (so an empty mean is 0)."""
+    """``(sum(omega), n)`` as device scalars, 0 replaced by 1 (so an empty mean is 0):
+    the divisors of the cross-entropy part and of the z-loss part, ``n`` the number of
+    counted tokens."""
     if soft:
-        return torch.full((), float(max(rows, 1)), dtype=dtype, device=target.device)
+        count = torch.full((), float(max(rows, 1)), dtype=dtype, device=target.device)
+        return torch.stack([count, count])
     counted = target != ignore
+    count = counted.sum(dtype=dtype)
     if weight is None:
-        denom = counted.sum(dtype=dtype)
+        denom = count
     else:
         num_classes = weight.shape[0]
         safe = torch.where(counted & (target >= 0) & (target < num_classes), target, 0)
         denom = torch.where(counted, weight.to(dtype)[safe], 0.0).sum()
-    return torch.where(denom != 0, denom, torch.ones_like(denom))
+    return _nonzero(torch.stack([denom, count]))
+
+
+def reduce(
+    losses: torch.Tensor, lse: torch.Tensor, z_loss: float, reduction: str, denoms: torch.Tensor
+) -> torch.Tensor:
+    """The reduced loss: the kernel's per-row losses plus ``z_loss * lse^2`` per row (the
+    kernel's ``lse`` is 0 for ignored rows); ``mean`` divides the two parts by
+    ``denoms = (sum(omega), n)``."""
+    z = z_loss * lse.square() if z_loss else None
+    if reduction == "none":
+        return losses if z is None else losses + z
+    if reduction == "sum":
+        return losses.sum() if z is None else losses.sum() + z.sum()
+    out = losses.sum() / denoms[0]
+    return out if z is None else out + z.sum() / denoms[1]
+
+
+def scales(grad: torch.Tensor, reduction: str, denoms: torch.Tensor) -> tuple:
+    """The row kernel's ``(scale, zscale)`` for an upstream gradient ``grad``."""
+    if reduction == "none":
+        return grad, grad
+    if reduction == "sum":
+        return grad, grad
+    return grad / denoms[0], grad / denoms[1]
 
 
 class _Dense(torch.autograd.Function):
@@ -155,14 +196,15 @@ class _Dense(torch.autograd.Function):
         in_forward = needs and opts.reduction != "none"
         denom = _denominator(t, weight, soft, opts.ignore_index, compute, rows)
         grad = None
-        scale = None
+        scale = zscale = None
         if in_forward:
-            scale = 1.0 / denom if opts.reduction == "mean" else torch.ones_like(denom)
+            one = torch.ones((), dtype=compute, device=x.device)
+            scale, zscale = scales(one, opts.reduction, denom)
             inplace = opts.inplace and x.data_ptr() == logits.data_ptr() and x.is_contiguous()
             grad = x if inplace else torch.empty_like(x)
             if inplace:
                 torch.autograd.graph.increment_version(logits)
-        losses, _ = launch_rows(
+        losses, lse = launch_rows(
             x,
             t,
             weight,
@@ -174,6 +216,7 @@ class _Dense(torch.autograd.Function):
             divergence=opts.divergence,
             grad=grad,
             scale=scale,
+            zscale=zscale,
             block=opts.block,
         )
         ctx.opts = opts
@@ -183,11 +226,8 @@ class _Dense(torch.autograd.Function):
         ctx.recompute = needs and not (in_forward and grad is x)
         if ctx.recompute:
             ctx.save_for_backward(x, t, weight, denom)
-        if opts.reduction == "none":
-            return losses.reshape(shape[:-1])
-        if opts.reduction == "sum":
-            return losses.sum()
-        return losses.sum() / denom
+        out = reduce(losses, lse, opts.z_loss, opts.reduction, denom)
+        return out.reshape(shape[:-1]) if opts.reduction == "none" else out
 
     @staticmethod
     @once_differentiable
@@ -205,11 +245,10 @@ class _Dense(torch.autograd.Function):
         x, t, weight, denom = ctx.saved_tensors
         compute = compute_dtype(x.dtype)
         if opts.reduction == "none":
-            scale = grad_out.reshape(-1).to(compute).contiguous()
-        elif opts.reduction == "sum":
-            scale = grad_out.reshape(()).to(compute)
+            upstream = grad_out.reshape(-1).to(compute).contiguous()
         else:
-            scale = grad_out.reshape(()).to(compute) / denom
+            upstream = grad_out.reshape(()).to(compute)
+        scale, zscale = scales(upstream, opts.reduction, denom)
         grad = torch.empty_like(x)
         launch_rows(
             x,
@@ -223,6 +262,7 @@ class _Dense(torch.autograd.Function):
             divergence=opts.divergence,
             grad=grad,
             scale=scale,
+            zscale=zscale,
             block=opts.block,
         )
         return grad.view(ctx.shape), None, None, None

@@ -5,11 +5,14 @@ The row kernel reads one row of logits ``x`` (length ``C``) and, with ``z = cap(
 ``t' = (1 - eps) t + eps / C`` (``t`` one-hot for a class index) and class weights ``w``:
 
 * ``A = sum_c w_c t'_c`` and ``B = sum_c w_c t'_c z_c``, so ``H = A lse - B``;
-* the KL divergence ``D = H + sum_c w_c t'_c log t'_c`` (``0 log 0 = 0``);
-* the z-loss ``z_loss * omega * lse^2`` with ``omega = w_y`` for a class index (0 when
-  ignored) and 1 for probabilities;
-* the gradient ``dL/dx_j = s [ q_j (A + 2 z_loss omega lse) - w_j t'_j ] (1 - (z_j/cap)^2)``,
-  ``s`` the row's scale (the reduction's factor, or the upstream gradient).
+* the KL divergence ``D = H + sum_c w_c t'_c log t'_c`` (``0 log 0 = 0``, and a zero
+  ``w_c t'_c`` at a ``-inf`` logit adds 0 to ``B``);
+* the stored loss is ``H`` (or ``D``) without the z-loss; the host adds the z-loss
+  ``z_loss * lse^2`` of every counted token (the same for every class weight) from the
+  stored ``lse``, which is 0 for an ignored token;
+* the gradient ``dL/dx_j = [ q_j (s A + 2 z_loss sz lse) - s w_j t'_j ] (1 - (z_j/cap)^2)``,
+  ``s`` and ``sz`` the row's scales of the cross-entropy and the z-loss parts (the
+  reduction's factors, or the upstream gradient).
 
 Pass 1 is one read of the row with an online log-sum-exp in float32 (float64 for float64
 logits); pass 2, only when a gradient is asked for, reads the row again and writes the
@@ -43,6 +46,8 @@ def row_kernel(
     LSE,
     SCALE,
     stride_s,
+    ZSCALE,
+    stride_zs,
     C,
     ignore_index,
     eps,
@@ -68,7 +73,6 @@ def row_kernel(
 
     if SOFT:
         counted = True
-        omega = zero + 1.0
     else:
         y = tl.load(T + row * stride_t).to(tl.int64)
         counted = y != ignore_index
@@ -78,7 +82,6 @@ def row_kernel(
             w_y = tl.load(W + y_safe).to(ACC)
         else:
             w_y = zero + 1.0
-        omega = tl.where(counted, w_y, zero)
 
     loss = zero
     lse = zero
@@ -113,7 +116,8 @@ def row_kernel(
                 tp = on * t + off
                 wt = tl.where(mask, w * tp, 0.0)
                 sum_wt += tl.reduce(wt, 0, _SUM)
-                sum_wtz += tl.reduce(wt * zc, 0, _SUM)
+                # 0 * -inf = 0: a class without target mass adds nothing.
+                sum_wtz += tl.reduce(wt * tl.where(wt == 0.0, 0.0, zc), 0, _SUM)
                 if DIVERGENCE:
                     sum_ent += tl.reduce(wt * tl.log(tl.where(tp > 0.0, tp, 1.0)), 0, _SUM)
             else:
@@ -144,8 +148,6 @@ def row_kernel(
                 loss += w_y * p_on * tl.log(p_on)
                 if SMOOTH:
                     loss += (sum_w - w_y) * off * tl.log(off)
-        if HAS_ZLOSS:
-            loss += z_loss * omega * lse * lse
         if not SOFT:
             loss = tl.where(invalid, float("nan"), loss)
     tl.store(LOSS + row, loss)
@@ -155,9 +157,10 @@ def row_kernel(
         g_row = G + row * stride_g
         if counted:
             scale = tl.load(SCALE + row * stride_s).to(ACC)
-            coef = big_a
+            coef = big_a * scale
             if HAS_ZLOSS:
-                coef += 2.0 * z_loss * omega * lse
+                zscale = tl.load(ZSCALE + row * stride_zs).to(ACC)
+                coef += 2.0 * z_loss * zscale * lse
             if not SOFT:
                 # An out-of-range label poisons its row's gradient, as it does the loss.
                 coef = tl.where(invalid, float("nan"), coef)
@@ -178,11 +181,10 @@ def row_kernel(
                     target = w * (on * t + off)
                 else:
                     target = w * (tl.where(idx == y_safe, on, 0.0) + off)
-                g = q * coef - target
+                g = q * coef - target * scale
                 if HAS_CAP:
                     r = z / cap
                     g = g * (1.0 - r * r)
-                g = g * scale
                 tl.store(g_row + idx, g.to(G.dtype.element_ty), mask=mask)
         else:
             zeros = tl.full([BLOCK], 0.0, G.dtype.element_ty)

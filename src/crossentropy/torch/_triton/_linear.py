@@ -32,7 +32,7 @@ import triton
 from torch.autograd.function import once_differentiable
 
 from . import _kernels
-from ._dense import compute_dtype, launch_rows, scale_inplace
+from ._dense import compute_dtype, launch_rows, reduce, scale_inplace
 from ._options import LinearOptions
 
 __all__ = ["CHUNK_BUDGET_BYTES", "apply", "default_chunk_size"]
@@ -159,7 +159,8 @@ class _HalfWeightGrad:
 def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
     """Per-token losses and, when ``scale`` is given, the gradients of ``sum scale_i L_i``.
 
-    Returns ``(losses, dh, dw, db)``: ``dh`` (N, D) in the input dtype, ``dw`` a
+    Returns ``(losses, lses, dh, dw, db)``: the losses without the z-loss and the
+    log-sum-exps (0 for ignored tokens), ``dh`` (N, D) in the input dtype, ``dw`` a
     :class:`_HalfWeightGrad` for half inputs or a (V, D) tensor in the compute dtype,
     ``db`` (V,) in the compute dtype; each None when not asked for.
     """
@@ -172,6 +173,7 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
     half = compute != dtype
 
     losses = torch.empty(num_tokens, dtype=compute, device=device)
+    lses = torch.empty_like(losses)
     dh = torch.empty_like(hidden) if grads and needs[0] else None
     dw: _HalfWeightGrad | torch.Tensor | None = None
     half_dw = half and opts.weight_grad == "float32"
@@ -197,7 +199,7 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
             torch.mm(h, wt, out=z)
         else:
             torch.addmm(bias, h, wt, out=z)
-        losses[start:stop], _ = launch_rows(
+        losses[start:stop], lses[start:stop] = launch_rows(
             z,
             target[start:stop],
             None,
@@ -224,12 +226,15 @@ def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
             dw.add(z, h)
         else:
             dw.addmm_(z.t(), h)
-    return losses, dh, dw, db
+    return losses, lses, dh, dw, db
 
 
 def _denominator(target: torch.Tensor, ignore: int, dtype: torch.dtype) -> torch.Tensor:
+    """The counted tokens, 0 replaced by 1: the divisor of both parts of ``mean`` (no
+    class weights here)."""
     denom = (target != ignore).sum(dtype=dtype)
-    return torch.where(denom != 0, denom, torch.ones_like(denom))
+    denom = torch.where(denom != 0, denom, torch.ones_like(denom))
+    return torch.stack([denom, denom])
 
 
 def _finish(dh, dw, db, bias, grad):
@@ -253,17 +258,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         denom = _denominator(target, opts.ignore_index, compute)
         scale = None
         if in_forward:
-            scale = 1.0 / denom if opts.reduction == "mean" else torch.ones_like(denom)
-        losses, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
+            scale = 1.0 / denom[0] if opts.reduction == "mean" else torch.ones_like(denom[0])
+        losses, lses, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
         ctx.opts = opts
         ctx.state = (dh, dw, db) if in_forward else None
         if any(opts.needs_grad):
             ctx.save_for_backward(hidden, weight, bias, target, denom)
-        if opts.reduction == "none":
-            return losses
-        if opts.reduction == "sum":
-            return losses.sum()
-        return losses.sum() / denom
+        return reduce(losses, lses, opts.z_loss, opts.reduction, denom)
 
     @staticmethod
     @once_differentiable
@@ -281,8 +282,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         elif opts.reduction == "sum":
             scale = grad.reshape(()).to(compute)
         else:
-            scale = grad.reshape(()).to(compute) / denom
-        _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
+            scale = grad.reshape(()).to(compute) / denom[0]
+        _, _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
         one = torch.ones((), dtype=compute, device=hidden.device)
         dh, dw, db = _finish(dh, dw, db, bias, one)
         return dh, dw, db, None, None
