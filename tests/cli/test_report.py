@@ -362,6 +362,13 @@ def test_predictions_that_vary_within_a_group_give_no_kl_divergence(tmp_path):
     assert "H - S(D)" in table.stdout and "-0.683097" in table.stdout
     # The calibrated loss (T -> 0 makes every row's loss 0) is 0, not -5e-17.
     assert r["cross_entropy_calibrated"] >= 0
+    # The figure shows H and S(D) side by side, not a divergence bar.
+    from PIL import Image
+
+    png = tmp_path / "vary.png"
+    assert run(path, "--group", "g", "--plot", png).returncode == 0
+    with Image.open(png) as image:
+        image.verify()
     # One row per batch: a group's rows are compared across batches too.
     one, _ = report(path, "--group", "g", "--batch-size", 1, tmp_path=tmp_path)
     assert one["kl_divergence"] is None and one["predictions_vary_within_groups"] is True
