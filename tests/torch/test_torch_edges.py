@@ -203,3 +203,144 @@ def test_soft_target_z_loss_with_class_weights(fn):
         )
     want = part.mean() + 0.3 * torch.logsumexp(z, -1).square().mean()
     torch.testing.assert_close(fn(z, t, weight=cw, z_loss=0.3), want, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------ 3. devices, dtypes, meta
+
+
+def _lce_args():
+    return torch.ones(2, 3), torch.ones(4, 3), torch.tensor([0, 3])
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "target", "class_weight"])
+def test_linear_cross_entropy_refuses_mixed_devices(name):
+    # A CPU hidden with a meta weight used to return uninitialised memory.
+    h, w, y = _lce_args()
+    kwargs = {"bias": torch.zeros(4), "class_weight": torch.ones(4)}
+    args = {"weight": w, "target": y}
+    if name in args:
+        args[name] = args[name].to("meta")
+    else:
+        kwargs[name] = kwargs[name].to("meta")
+    with pytest.raises(
+        ValueError, match=rf"{name} must be on the same device as hidden \(cpu\), got meta"
+    ):
+        linear_cross_entropy(h, args["weight"], args["target"], **kwargs)
+
+
+@pytest.mark.parametrize("fn", [cross_entropy, kl_loss])
+def test_dense_losses_refuse_mixed_devices(fn):
+    with pytest.raises(
+        ValueError, match=r"target must be on the same device as logits \(cpu\), got meta"
+    ):
+        fn(torch.zeros(2, 3), torch.tensor([0, 1], device="meta"))
+    with pytest.raises(
+        ValueError, match=r"weight must be on the same device as logits \(cpu\), got meta"
+    ):
+        fn(torch.zeros(2, 3), torch.tensor([0, 1]), weight=torch.ones(3, device="meta"))
+
+
+def test_linear_cross_entropy_dtype_mismatch_names_the_arguments():
+    h, w, y = _lce_args()
+    with pytest.raises(TypeError, match=r"weight must have hidden's dtype torch\.float32"):
+        linear_cross_entropy(h, w.double(), y)
+    with pytest.raises(TypeError, match=r"bias must have hidden's dtype torch\.float32"):
+        linear_cross_entropy(h, w, y, bias=torch.zeros(4, dtype=F64))
+
+
+def test_meta_tensors_with_validate_true_are_refused():
+    meta = {"device": "meta"}
+    msg = "cannot validate data on the meta device; pass validate=False"
+    with pytest.raises(ValueError, match=msg):
+        linear_cross_entropy(
+            torch.ones(2, 3, **meta),
+            torch.ones(4, 3, **meta),
+            torch.tensor([0, 3], **meta),
+            validate=True,
+        )
+    with pytest.raises(ValueError, match=msg):
+        cross_entropy(torch.zeros(2, 3, **meta), torch.tensor([0, 1], **meta), validate=True)
+    # Without validation the meta device gives a meta result of the right shape.
+    out = cross_entropy(torch.zeros(2, 3, **meta), torch.tensor([0, 1], **meta), reduction="none")
+    assert out.device.type == "meta" and tuple(out.shape) == (2,)
+
+
+# ------------------------------------------------------ 4. ignore_index, D = 0, softcap, ints
+
+
+@pytest.mark.parametrize("fn", [cross_entropy, kl_loss])
+def test_ignore_index_must_fit_int64(fn):
+    with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+        fn(torch.zeros(1, 3), torch.tensor([1]), ignore_index=2**70)
+    with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+        linear_cross_entropy(*_lce_args(), ignore_index=-(2**63) - 1)
+    # The int64 extremes themselves are fine.
+    assert fn(torch.zeros(1, 3), torch.tensor([1]), ignore_index=2**63 - 1).item() == (
+        pytest.approx(math.log(3))
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_hidden_size_zero(reduction):
+    # Hand derivation: with D = 0 the logits are the bias (0 without one): the loss is
+    # lse(b) - b_y, log V without a bias; the bias gradient is softmax(b) - onehot(y).
+    b = torch.tensor([0.0, 1.0, 2.0], dtype=F64, requires_grad=True)
+    h = torch.ones(2, 0, dtype=F64, requires_grad=True)
+    w = torch.ones(3, 0, dtype=F64, requires_grad=True)
+    y = torch.tensor([0, 2])
+    lse = math.log(1 + math.e + math.e**2)
+    per_token = torch.tensor([lse, lse - 2.0], dtype=F64)
+    want = {"none": per_token, "sum": per_token.sum(), "mean": per_token.mean()}[reduction]
+    out = linear_cross_entropy(h, w, y, bias=b, reduction=reduction)
+    torch.testing.assert_close(out.detach(), want, rtol=1e-12, atol=0)
+    out.sum().backward()
+    q = torch.softmax(b.detach(), 0)
+    g = torch.stack([q - torch.eye(3, dtype=F64)[0], q - torch.eye(3, dtype=F64)[2]])
+    if reduction == "mean":
+        g = g / 2
+    torch.testing.assert_close(b.grad, g.sum(0), rtol=1e-12, atol=1e-15)
+    assert h.grad.shape == (2, 0) and w.grad.shape == (3, 0)
+    no_bias = linear_cross_entropy(torch.ones(2, 0), torch.ones(5, 0), y)
+    assert no_bias.item() == pytest.approx(math.log(5))
+
+
+@pytest.mark.parametrize("cap", [1e39, 1e-39, float("inf")])
+def test_softcap_must_be_representable_in_float32(cap):
+    msg = "softcap must be a positive finite number representable in float32"
+    with pytest.raises(ValueError, match=msg):
+        cross_entropy(torch.zeros(1, 3), torch.tensor([1]), softcap=cap)
+    with pytest.raises(ValueError, match=msg):
+        entropy_loss(torch.zeros(1, 3), softcap=cap)
+    with pytest.raises(ValueError, match=msg):
+        linear_cross_entropy(*_lce_args(), softcap=cap)
+
+
+def test_softcap_at_float32_max_is_the_identity():
+    # Hand derivation: c tanh(x / c) = x (1 - x^2 / 3c^2 ...) = x for |x| << c.
+    z = torch.tensor([[2.0, 0.0, 0.0]])
+    capped = cross_entropy(z, torch.tensor([0]), softcap=3e38)
+    assert capped.item() == pytest.approx(math.log(math.e**2 + 2) - 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_narrow_integer_labels(dtype):
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(6, 5, generator=gen, dtype=F64)
+    y = torch.tensor([0, 4, 2, 1, 3, 2])
+    want = F.cross_entropy(z, y)
+    for fn in (cross_entropy, kl_loss):
+        torch.testing.assert_close(fn(z, y.to(dtype)), want, rtol=1e-12, atol=0)
+    w = torch.eye(5, dtype=F64)
+    torch.testing.assert_close(linear_cross_entropy(z, w, y.to(dtype)), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fn", [cross_entropy, kl_loss])
+def test_uint8_label_156_is_range_checked_not_ignored(fn):
+    # 156 is -100 wrapped to uint8; it is a class index, out of range for 3 classes.
+    y = torch.tensor([156], dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\).*found 156"):
+        fn(torch.zeros(1, 3), y)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\).*found 156"):
+        linear_cross_entropy(torch.ones(1, 3), torch.ones(4, 3), y)
+    # In range it counts: with 200 classes the loss is log 200, not 0 (ignored).
+    assert fn(torch.zeros(1, 200), y).item() == pytest.approx(math.log(200))

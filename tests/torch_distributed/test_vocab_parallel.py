@@ -809,6 +809,23 @@ def zero_target_at_minus_inf_logit(rank, world):
     close(bb.grad, gm.sum(0)[a:b], "fused bias grad")
 
 
+@check
+def narrow_integer_labels(rank, world):
+    # uint8 / int32 labels are class indices like int64 ones (156 is not -100 wrapped).
+    sizes = SPLITS[world][0]
+    classes = sum(sizes)
+    a, b = bounds(sizes, rank)
+    logits, target = make((7,), classes, seed=970, ignore=0.0)
+    ref = cross_entropy(logits, target)
+    for dtype in (torch.uint8, torch.int32):
+        out = vocab_parallel_cross_entropy(logits[:, a:b], target.to(dtype), validate=True)
+        close(out, ref, f"labels of {dtype}")
+    bad = torch.full((7,), 156, dtype=torch.uint8)
+    same_error_everywhere(
+        lambda: vocab_parallel_cross_entropy(logits[:, a:b], bad, validate=True), "156"
+    )
+
+
 def _worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group(

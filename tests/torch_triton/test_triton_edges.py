@@ -106,3 +106,18 @@ def test_linear_z_loss_mean_over_counted_tokens(reduction):
     torch.testing.assert_close(out.detach(), want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(hh.grad, want_grads[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ww.grad, want_grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_linear_hidden_size_zero_and_narrow_labels():
+    # Hand derivation: with D = 0 the logits are the bias: loss = lse(b) - b_y.
+    import math
+
+    from crossentropy.torch import linear_cross_entropy
+
+    b = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    y = torch.tensor([0, 2], dtype=torch.uint8)
+    out = linear_cross_entropy(
+        torch.ones(2, 0, dtype=F64), torch.ones(3, 0, dtype=F64), y, bias=b, impl="triton"
+    )
+    lse = math.log(1 + math.e + math.e**2)
+    assert out.item() == pytest.approx(lse - 1.0, rel=1e-12)

@@ -144,14 +144,16 @@ def build(fn, sig, consts):
     assert "ld.global" in ptx
 
 row = dict(X="*bf16", stride_x="i64", G="*bf16", stride_g="i64", T="*i64", stride_t="i64",
-           W="*fp32", LOSS="*fp32", LSE="*fp32", SCALE="*fp32", stride_s="i64", C="i32",
+           W="*fp32", LOSS="*fp32", LSE="*fp32", SCALE="*fp32", stride_s="i64",
+           ZSCALE="*fp32", stride_zs="i64", C="i32",
            ignore_index="i32", eps="fp32", z_loss="fp32", cap="fp32")
 flags = ("HAS_WEIGHT", "SMOOTH", "HAS_ZLOSS", "HAS_CAP", "DIVERGENCE", "GRAD")
 for soft in (False, True):
     sig = dict(row, T="*bf16") if soft else row
     consts = dict(ACC=tl.float32, SOFT=soft, BLOCK=4096, **dict.fromkeys(flags, True))
     build(k.row_kernel, sig, consts)
-sig = dict(row, X="*fp64", G="*fp64", LOSS="*fp64", LSE="*fp64", SCALE="*fp64")
+sig = dict(row, X="*fp64", G="*fp64", LOSS="*fp64", LSE="*fp64", SCALE="*fp64",
+           ZSCALE="*fp64")
 consts = dict(ACC=tl.float64, SOFT=False, BLOCK=1024, **dict.fromkeys(flags, False))
 build(k.row_kernel, sig, consts)
 build(k.scale_kernel, dict(X="*bf16", N="i64", GRAD="*fp32"), dict(ACC=tl.float32, BLOCK=4096))
@@ -508,8 +510,11 @@ def test_impl_dispatch_through_the_public_functions():
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     hidden = torch.randn(6, 4, generator=gen, dtype=torch.float64, device=DEVICE)
     weight = torch.randn(11, 4, generator=gen, dtype=torch.float64, device=DEVICE)
-    torch.testing.assert_close(linear_cross_entropy(hidden, weight, target, impl="triton"),
-                               linear_cross_entropy(hidden, weight, target, impl="torch"),
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        linear_cross_entropy(hidden, weight, target, impl="triton"),
+        linear_cross_entropy(hidden, weight, target, impl="torch"),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     with pytest.raises(ValueError, match="impl must be one of 'auto', 'torch', 'triton'"):
         cross_entropy(logits, target, impl="cuda")

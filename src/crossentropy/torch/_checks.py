@@ -20,6 +20,14 @@ from .. import _checks as _array_checks
 
 REDUCTIONS = ("mean", "none", "sum")
 
+_F32 = torch.finfo(torch.float32)
+_INT64 = torch.iinfo(torch.int64)
+_INTEGERS = tuple(
+    getattr(torch, name)
+    for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32")
+    if hasattr(torch, name)
+)
+
 
 def tensor(value: Any, name: str) -> None:
     if not isinstance(value, torch.Tensor):
@@ -62,14 +70,21 @@ def softcap(value: Any) -> float | None:
     if value is None:
         return None
     cap = _real(value, "softcap")
-    if not (math.isfinite(cap) and cap > 0.0):
-        raise ValueError(f"softcap must be a finite number > 0 or None, got {value!r}")
+    # The cap divides float32 logits: beyond float32's range it is inf (z / cap = 0,
+    # cap * tanh = inf * 0 = NaN) and below its smallest normal number it is 0.
+    if not (math.isfinite(cap) and _F32.tiny <= cap <= _F32.max):
+        raise ValueError(
+            f"softcap must be a positive finite number representable in float32 (between "
+            f"{_F32.tiny:.4g} and {_F32.max:.4g}) or None, got {value!r}"
+        )
     return cap
 
 
 def ignore_index(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {value!r}")
+    if not _INT64.min <= int(value) <= _INT64.max:
+        raise ValueError(f"ignore_index must fit in int64 (the labels' dtype), got {value!r}")
     return int(value)
 
 
@@ -91,10 +106,43 @@ def logits(value: Any, name: str = "logits") -> None:
 
 
 def reads_data(validate: bool | None, tensor: torch.Tensor) -> bool:
-    """Whether the data checks run: ``validate`` if given, else on CPU outside compilation."""
+    """Whether the data checks run: ``validate`` if given, else on CPU outside compilation.
+
+    ``validate=True`` on the meta device (no data to read) is refused.
+    """
     if validate is not None:
+        if validate and tensor.device.type == "meta":
+            raise ValueError("cannot validate data on the meta device; pass validate=False")
         return bool(validate)
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def same_device(**tensors: torch.Tensor | None) -> None:
+    """Every given tensor on the first one's device (None skipped); ValueError naming them.
+
+    Checked before any kernel runs: mixing devices would otherwise fail deep inside, or
+    (a meta tensor with a CPU one) return uninitialised memory.
+    """
+    items = [(name, t) for name, t in tensors.items() if isinstance(t, torch.Tensor)]
+    if not items:
+        return
+    first, ref = items[0]
+    for name, t in items[1:]:
+        if t.device != ref.device:
+            raise ValueError(
+                f"{name} must be on the same device as {first} ({ref.device}), got {t.device}"
+            )
+
+
+def as_labels(value: Any) -> Any:
+    """Class indices of a narrower integer dtype (int32, int16, int8, uint8) as int64.
+
+    Done before any check: comparing a uint8 label with a negative ``ignore_index`` would
+    wrap it (156 == -100 in uint8).  Anything else is returned unchanged.
+    """
+    if isinstance(value, torch.Tensor) and value.dtype in _INTEGERS:
+        return value.long()
+    return value
 
 
 def target(value: Any, logits_shape: tuple[int, ...], validate: bool, ignore: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _checks, _chunked, _reference
@@ -51,6 +53,8 @@ def _dense(
     impl: str,
 ) -> torch.Tensor:
     _checks.logits(logits)
+    target = _checks.as_labels(target)
+    _checks.same_device(logits=logits, target=target, weight=weight)
     validate = _checks.reads_data(validate, logits)
     ignore = _checks.ignore_index(ignore_index)
     _checks.target(target, tuple(logits.shape), validate, ignore)
@@ -367,6 +371,10 @@ def linear_cross_entropy(
     vocab, dim = weight.shape
     if vocab == 0:
         raise ValueError("weight must have at least one row (class)")
+    target = _checks.as_labels(target)
+    _checks.same_device(
+        hidden=hidden, weight=weight, bias=bias, target=target, class_weight=class_weight
+    )
     if bias is not None:
         _checks.floating(bias, "bias")
         if tuple(bias.shape) != (vocab,):
@@ -413,7 +421,8 @@ def linear_cross_entropy(
         )
         return triton_linear_cross_entropy(hidden, weight, target, bias, options)
 
-    flat = hidden.reshape(-1, dim).contiguous()
+    # Not reshape(-1, dim): with D = 0 the token count would be ambiguous.
+    flat = hidden.reshape(math.prod(hidden.shape[:-1]), dim).contiguous()
     labels = target.reshape(-1, vocab) if soft else target.reshape(-1).long()
     if chunk is None:
         chunk = _chunked.default_chunk_size(

@@ -422,6 +422,7 @@ def vocab_parallel_cross_entropy(
     logits_shard, g1 = _unwrap(logits_shard, "logits_shard", "shard", -1)
     soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
     target, g2 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    target = _checks.as_labels(target)
     weight, g3 = _unwrap(weight, "weight", "shard", 0)
     group = _group_of([g1, g2, g3], group)
     world = dist.get_world_size(group)
@@ -608,6 +609,7 @@ def vocab_parallel_linear_cross_entropy(
     bias, g3 = _unwrap(bias, "bias", "shard", 0)
     soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
     target, g4 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    target = _checks.as_labels(target)
     class_weight, g5 = _unwrap(class_weight, "class_weight", "shard", 0)
     group = _group_of([g1, g2, g3, g4, g5], group)
     world = dist.get_world_size(group)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 
 import torch
@@ -112,7 +113,7 @@ def triton_linear_cross_entropy(
     if options.weight_grad not in ("float32", "input"):
         raise ValueError(f"weight_grad must be 'float32' or 'input', got {options.weight_grad!r}")
     dim = hidden.shape[-1]
-    flat = hidden.reshape(-1, dim)
+    flat = hidden.reshape(math.prod(hidden.shape[:-1]), dim)  # D may be 0
     if not flat.is_contiguous():
         flat = flat.contiguous()
     labels = target.reshape(-1).long()
