@@ -299,7 +299,8 @@ def linear_cross_entropy(
     Parameters
     ----------
     hidden : Tensor, shape (..., D)
-        Hidden states of ``N = prod(...)`` tokens.
+        Hidden states of ``N = prod(...)`` tokens.  ``D = 0`` is allowed: the logits are
+        then the bias (0 without one).  All tensors on one device (else ValueError).
     weight : Tensor, shape (V, D)
         The output projection (e.g. the language-model head), same dtype as ``hidden``.
     target : Tensor, shape (...) integer or (..., V) floating
@@ -311,7 +312,8 @@ def linear_cross_entropy(
     class_weight : Tensor, shape (V,), optional
         Per-class weights: :func:`cross_entropy`'s ``weight`` (``F.linear_cross_entropy``'s
         ``weight``; here ``weight`` is the projection), with the same ``mean`` rule
-        (divided by the summed weights of the counted tokens).  A constant: it gets no
+        (the cross-entropy divided by the summed weights of the counted tokens, the
+        z-loss, which the class weights do not scale, by their number).  A constant: it gets no
         gradient, and one that requires grad is refused.
     ignore_index, reduction, label_smoothing, z_loss, softcap, validate, impl
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
