@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 PIL = pytest.importorskip("PIL.Image")
 
-from crossentropy.cli import _demo_data, main  # noqa: E402
+from crossentropy.cli import _demo, _demo_data, main  # noqa: E402
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -161,3 +161,64 @@ def test_the_text_is_shipped_and_fixed_whatever_the_python():
     seen = c > 0
     s_bits = -(c[seen] / c.sum() * np.log2((c / np.maximum(rows, 1))[seen])).sum()
     assert round(s_bits, 4) == 3.4211
+
+
+def test_outputs_are_checked_before_training(tmp_path):
+    # demo.json is a directory: the error comes at once, not after a million steps.
+    (tmp_path / "demo.json").mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crossentropy.cli",
+            "demo",
+            "--steps",
+            "1000000",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "'demo.json' there is a directory" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_figure_shows_each_claim_of_the_summary(text_run):
+    from matplotlib.colors import to_rgba
+
+    result, _ = text_run
+    fig = _demo.figure(result, "title")
+    axes = fig.axes
+    assert len(axes) == 6
+    steps = np.array([e["step"] for e in result["history"]])
+    # 1. The KL run is drawn as markers (no line) over the CE run's line.
+    lines = axes[0].get_lines()
+    markers = [ln for ln in lines if ln.get_linestyle() == "None" and ln.get_marker() == "o"]
+    assert len(markers) == 1
+    x, y = markers[0].get_data()
+    h_kl = np.array([e["cross_entropy"] for e in result["history_kl"]])
+    np.testing.assert_array_equal(y, h_kl[np.searchsorted(steps, x)])
+    assert 0 in x and steps[-1] in x and len(x) >= 10
+    # 2. The divergence on a log scale.
+    assert axes[1].get_yscale() == "log"
+    # 3. Zoomed on S(D) and the truth's interval: they fill a good part of the axis.
+    low, high = axes[2].get_ylim()
+    truth = result["entropy_truth"]
+    assert low < result["entropy_data"] < high and low < truth["low"] < truth["high"] < high
+    assert (truth["high"] - truth["low"]) > 0.2 * (high - low)
+    # 4. The residual in float64 spacings at S(D): whole numbers, said on the axis.
+    assert "ulp(S(D))" in axes[3].get_ylabel()
+    for line in axes[3].get_lines():
+        values = line.get_ydata()
+        np.testing.assert_array_equal(values, np.round(values))
+    # 5. Held-out above training, and the axis zoomed so the gap is visible.
+    low, high = axes[4].get_ylim()
+    gap = result["held_out"][-1] - result["history"][-1]["cross_entropy"]
+    assert gap > 0.05 * (high - low)
+    # Every filled area is opaque (no colour mixes that the legend does not name).
+    for ax in axes:
+        for patch in ax.patches:
+            assert to_rgba(patch.get_facecolor())[3] == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -267,79 +268,247 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
     ]
 
 
-def plot(result: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
+def _marker_steps(last: int, count: int = 24) -> np.ndarray:
+    """Steps at which the KL run is drawn as markers: 0, then geometric, then the last."""
+    return np.unique(np.r_[0, np.geomspace(1, max(last, 1), count).astype(int), last])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot(result: dict[str, Any], path: Path, title: str) -> None:
+    """Write :func:`figure` to ``path`` as a PNG."""
+    fig = figure(result, title)
+    write_atomic(str(path), lambda f: fig.savefig(f, dpi=100, format="png"))
+
+
+def figure(result: dict[str, Any], title: str) -> Any:
+    """The figure: one panel per claim of the summary (see ``summary_lines``).
+
+    1. H of both runs, the KL run as markers on the CE run's line; 2. D of both runs (log
+    scale); 3. H - D = S(D), zoomed, beside the truth's estimated interval; 4. H - D - S
+    in float64 spacings at S(D); 5. held-out H against training H; 6. the two runs'
+    largest parameter difference.  matplotlib's Agg canvas only, no pyplot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     unit = result["unit"]
-    steps = np.array([e["step"] for e in result["history"]])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for key, label, colour in (
-        ("cross_entropy", "H(P(D), P(model))", "C0"),
-        ("kl_divergence", "D(P(D) || P(model))", "C1"),
-    ):
-        ax.plot(
-            steps,
-            [e[key] for e in result["history"]],
-            color=colour,
-            lw=2.5,
-            label=f"{label}, trained on H",
-        )
-        ax.plot(
-            steps,
-            [e[key] for e in result["history_kl"]],
-            color="k",
-            lw=1,
-            ls="--",
-            label=f"{label}, trained on D",
-        )
-    ax.plot(
-        steps,
-        [e["entropy"] for e in result["history"]],
-        color="C2",
-        lw=2,
-        label="S(D) = H - D: the floor",
-    )
-    ax.plot(steps, result["held_out"], color="C3", lw=1.5, label="held-out loss")
+    hist, hist_kl = result["history"], result["history_kl"]
+    steps = np.array([e["step"] for e in hist])
+    marks = _marker_steps(int(steps[-1]))
+    s = result["entropy_data"]
     truth = result.get("entropy_truth")
+
+    def series(history: list[dict[str, float]], key: str) -> np.ndarray:
+        return np.array([e[key] for e in history])
+
+    h, h_kl = series(hist, "cross_entropy"), series(hist_kl, "cross_entropy")
+    d, d_kl = series(hist, "kl_divergence"), series(hist_kl, "kl_divergence")
+    held = np.array(result["held_out"])
+
+    fig = Figure(figsize=(15, 9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    fig.suptitle(title, fontsize=13)
+    for ax in axes.flat:
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(-0.1, steps[-1] * 1.15)
+        ax.set_xlabel("step")
+    kl_style = {
+        "linestyle": "none",
+        "marker": "o",
+        "markersize": 6,
+        "markerfacecolor": "none",
+        "markeredgecolor": "black",
+        "markeredgewidth": 1.2,
+    }
+
+    # 1. The loss H of both runs: the KL run's markers sit on the CE run's line.
+    ax = axes[0, 0]
+    ax.plot(steps, h, color="C0", lw=2.5, label="H, run trained on H")
+    ax.plot(steps[marks], h_kl[marks], **kl_style, label="H, run trained on D (markers)")
+    ax.axhline(s, color="C2", lw=1.5, ls="--", label=f"S(D) = {s:.4f}: the floor")
+    ax.set_ylabel(f"H(P(D), P(model)), {unit}")
+    ax.set_title(
+        "1. training loss H of both runs: they coincide,\nand H descends to the floor S(D)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+
+    # 2. The divergence, on a log scale: it descends to 0.
+    ax = axes[0, 1]
+    positive = d > 0
+    ax.plot(steps[positive], d[positive], color="C1", lw=2.5, label="D, run trained on H")
+    kl_marks = marks[d_kl[marks] > 0]
+    ax.plot(steps[kl_marks], d_kl[kl_marks], **kl_style, label="D, run trained on D (markers)")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"D(P(D) || P(model)), {unit} (log scale)")
+    ax.set_title(
+        f"2. the divergence D of both runs descends to 0:\n{d[0]:.3g} to {d[-1]:.2e} {unit}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+
+    # 3. H - D of both runs, zoomed: the flat line S(D), below the truth's interval.
+    ax = axes[0, 2]
+    ax.plot(steps, h - d, color="C2", lw=2.5, label="H - D, run trained on H")
+    ax.plot(
+        steps[marks], (h_kl - d_kl)[marks], **kl_style, label="H - D, run trained on D (markers)"
+    )
+    low = high = s
     if truth is not None:
         ax.axhspan(
             truth["low"],
             truth["high"],
-            color="C2",
-            alpha=0.2,
-            label="S(truth), estimated: 95% interval",
+            color="#cfe3f5",
+            zorder=0,
+            label=f"S(truth), estimated ({truth['method']}): "
+            f"{100 * truth.get('level', 0.95):.0f}% interval",
         )
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel(unit)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-
-    eps = np.finfo(np.float64).eps * result["entropy_data"]
-    for key, marker, label in (
-        ("history", "o", "trained on H"),
-        ("history_kl", "x", "trained on D"),
-    ):
-        residual = (
-            np.array([e["cross_entropy"] - e["kl_divergence"] - e["entropy"] for e in result[key]])
-            / eps
+        ax.axhline(
+            truth["value"],
+            color="C0",
+            lw=1.2,
+            ls=":",
+            label=f"S(truth) estimate {truth['value']:.4f}",
         )
-        ax2.plot(steps, residual, marker, ms=3, alpha=0.6, label=label)
-    ax2.set_xscale("symlog", linthresh=1)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("H - D - S, in units of rounding of S(D)")
-    ax2.set_title(
-        "the identity H = D + S holds at every step, to rounding\n"
-        "largest parameter difference between the two runs: "
-        f"{result['max_parameter_difference']:.1e}",
+        low, high = min(low, truth["low"]), max(high, truth["high"])
+    pad = max(high - low, 1e-3 * max(abs(s), 1e-12)) * 0.6
+    ax.set_ylim(low - pad, high + 2 * pad)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_ylabel(f"{unit} (zoomed)")
+    ax.set_title(
+        f"3. H - D = S(D) = {s:.4f} in both runs, flat: the model\n"
+        "cannot move it; S(truth), estimated, lies above",
         fontsize=10,
     )
-    ax2.legend(fontsize=8, loc="upper right")
-    write_atomic(str(path), lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="upper right")
+
+    # 4. The identity's residual in units of the float64 spacing at S(D).
+    ax = axes[1, 0]
+    ulp = float(np.spacing(abs(s))) if s else float(np.finfo(np.float64).tiny)
+    for run_hist, style, label in (
+        (
+            hist,
+            {"marker": "o", "markerfacecolor": "none", "markeredgecolor": "C0", "ms": 7},
+            "run trained on H (circles)",
+        ),
+        (hist_kl, {"marker": "x", "color": "black", "ms": 4}, "run trained on D (crosses)"),
+    ):
+        residual = (
+            series(run_hist, "cross_entropy")
+            - series(run_hist, "kl_divergence")
+            - series(run_hist, "entropy")
+        ) / ulp
+        ax.plot(steps, residual, linestyle="none", label=label, **style)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(f"(H - D - S) / ulp(S(D)),\nulp(S(D)) = {ulp:.2g} {unit}")
+    ax.set_title(
+        "4. H - D - S = 0 at every step, to a few float64 spacings\n"
+        "(ulp: the gap between adjacent float64 numbers at S(D))",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+
+    # 5. The held-out loss stays above the training loss.
+    ax = axes[1, 1]
+    ax.plot(steps, held, color="C3", lw=2.5, label=f"held-out H, ends at {held[-1]:.4f}")
+    ax.plot(steps, h, color="C0", lw=2.5, label=f"training H, ends at {h[-1]:.4f}")
+    ax.axhline(s, color="C2", lw=1.5, ls="--", label="S(D), the training data's entropy")
+    if truth is not None:
+        ax.axhspan(
+            truth["low"],
+            truth["high"],
+            color="#cfe3f5",
+            zorder=0,
+            label="S(truth), estimated: interval",
+        )
+    ax.annotate(
+        f"{held[-1] - h[-1]:+.4f}",
+        xy=(steps[-1], (held[-1] + h[-1]) / 2),
+        xytext=(-12, 0),
+        textcoords="offset points",
+        ha="right",
+        va="center",
+        fontsize=9,
+        color="C3",
+    )
+    ax.annotate(
+        "",
+        xy=(steps[-1], held[-1]),
+        xytext=(steps[-1], h[-1]),
+        arrowprops={"arrowstyle": "<->", "color": "C3", "lw": 1.2},
+    )
+    # Zoomed so the final gap is a visible share of the axis, with the descent above.
+    bottom = min(s, h.min(), truth["low"] if truth is not None else s)
+    top = min(float(held.max()), held[-1] + 5 * (held[-1] - bottom))
+    ax.set_ylim(bottom - 0.15 * (top - bottom), top)
+    ax.set_ylabel(f"H, {unit} (zoomed)")
+    ax.set_title(
+        "5. on held-out data the loss stays above the training loss:\nP(D) is not P(truth)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+
+    # 6. The parameters of the two runs.
+    ax = axes[1, 2]
+    diff = np.array(result["parameter_difference"])
+    if diff.max() > 0:
+        ax.plot(
+            steps,
+            np.where(diff > 0, diff, np.nan),
+            color="black",
+            marker=".",
+            label="max |parameter (H run) - parameter (D run)|",
+        )
+        ax.set_yscale("log")
+        ax.set_title(
+            f"6. the two runs' parameters differ by at most {diff.max():.1e}:\nthe same gradient",
+            fontsize=10,
+        )
+    else:
+        ax.plot(
+            steps, diff, color="black", lw=2, label="max |parameter (H run) - parameter (D run)|"
+        )
+        ax.set_ylim(-1, 1)
+        ax.text(
+            0.5,
+            0.65,
+            "0 at every step:\nthe runs are bitwise identical",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=12,
+        )
+        ax.set_title(
+            "6. training on D gives the parameters training on H gives:\nthe same gradient",
+            fontsize=10,
+        )
+    ax.set_ylabel("largest parameter difference")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def prepare_out(out: Path, names: list[str]) -> None:
+    """Make the output folder and check that ``names`` can be written in it, before any
+    training: a bad ``--out`` fails in a second, not after the run."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out)!r}: cannot make the directory: {error.strerror or error}"
+        ) from None
+    for name in names:
+        if (out / name).is_dir():
+            raise ValueError(f"--out {str(out)!r}: {name!r} there is a directory")
+    # A real write, not os.access: that says yes to root and on read-only mounts.
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out)!r}: cannot write to the directory: {error.strerror or error}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,6 +519,15 @@ def run(args: argparse.Namespace) -> int:
     log_base = check_base(args.base) or 1.0
     console = Console()
     started = time.perf_counter()
+    out: Path = args.out
+    prepare_out(out, ["demo.json"] + ([] if args.no_plot else ["demo.png"]))
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "the figure needs matplotlib: pip install 'crossentropy[cli]', or pass --no-plot"
+            ) from None
     data = DATASETS[args.dataset]()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("training twice (on H and on D)", total=args.steps + 1)
@@ -399,8 +577,6 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(data, result):
         console.print(line)
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     text = _jsonio.dumps(result, indent=1) + "\n"
     write_atomic(str(out / "demo.json"), lambda f: f.write(text.encode("utf-8")))
     written = [out / "demo.json"]
