@@ -377,7 +377,11 @@ def figure(result: dict[str, Any], title: str) -> Any:
     ax.set_ylabel(f"{unit} (zoomed)")
     ax.set_title(
         f"3. H - D = S(D) = {s:.4f} in both runs, flat: the model\n"
-        "cannot move it; S(truth), estimated, lies above",
+        + (
+            "cannot move it; S(truth), estimated, lies above"
+            if truth is not None
+            else "cannot move it"
+        ),
         fontsize=10,
     )
     ax.legend(fontsize=8, loc="upper right")
