@@ -50,7 +50,7 @@ def demo_text() -> str:
     ``data/demo_text.txt`` (how, and the PSF licence, in ``data/README.txt``), so every
     Python version trains on the same text and prints the same numbers.
     """
-    path = resources.files("crossentropy.cli").joinpath("data", "demo_text.txt")
+    path = resources.files("crossentropy.cli") / "data" / "demo_text.txt"
     return " ".join(path.read_text(encoding="ascii").split())
 
 
