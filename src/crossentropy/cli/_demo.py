@@ -55,7 +55,7 @@ def register(commands: Any) -> None:
         "--base",
         type=_base,
         default=None,
-        help="logarithm base: e (nats, default) or 2 (bits) or any number > 0",
+        help="logarithm base: e (nats, default), 2 (bits), or any finite number > 1",
     )
     sub.add_argument(
         "--out",
@@ -493,7 +493,15 @@ def figure(result: dict[str, Any], title: str) -> Any:
 
 def prepare_out(out: Path, names: list[str]) -> None:
     """Make the output folder and check that ``names`` can be written in it, before any
-    training: a bad ``--out`` fails in a second, not after the run."""
+    training: a bad ``--out`` fails in a second, not after the run.
+
+    The CLI's generic check (``_files.check_output_dir``) runs first where it exists.
+    """
+    from . import _files
+
+    generic = getattr(_files, "check_output_dir", None)
+    if generic is not None:
+        generic(str(out), "--out", tuple(names))
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a directory")
     try:
