@@ -509,7 +509,11 @@ GOOD = "label,a,b\na,0.25,0.75\nb,0.5,0.5\n"
         ("label,a,b\n", (), "has no rows"),
         ("", (), "is empty"),
         ("label,a,b\na,0.25,x\n", (), "cannot read"),
-        (GOOD, ("--form", "logits", "--base", "1"), "--base must be a positive number"),
+        (
+            GOOD,
+            ("--form", "logits", "--base", "1"),
+            "argument --base: must be e, 2 or another finite number > 1",
+        ),
     ],
 )
 def test_bad_csv(tmp_path, text, args, match):

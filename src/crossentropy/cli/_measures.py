@@ -27,29 +27,57 @@ _COMMANDS: dict[str, tuple[str, Callable[..., Any]]] = {
 def register(commands: Any) -> None:
     for name, (summary, _) in _COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
-        sub.add_argument("p", help="the data distribution: comma-separated numbers, e.g. 0.5,0.5"
-                         + (" (or a class index with --p-form label)" if name != "entropy" else ""))
+        sub.add_argument(
+            "p",
+            help="the data distribution: comma-separated numbers, e.g. 0.5,0.5"
+            + (" (or a class index with --p-form label)" if name != "entropy" else ""),
+        )
         if name != "entropy":
             sub.add_argument("q", help="the model distribution, e.g. 0.9,0.1")
-        sub.add_argument("--base", type=_base, default=None,
-                         help="logarithm base: e (nats, default), 2 (bits), or any number > 0")
+        sub.add_argument("--base", type=_base, default=None, help=BASE_HELP)
         p_forms = [*_FORMS, "label"] if name != "entropy" else list(_FORMS)
-        sub.add_argument("--p-form", choices=p_forms, default="probs",
-                         help="what the numbers of p are (default: probs)")
+        sub.add_argument(
+            "--p-form",
+            choices=p_forms,
+            default="probs",
+            help="what the numbers of p are (default: probs)",
+        )
         if name != "entropy":
-            sub.add_argument("--q-form", choices=list(_FORMS), default="probs",
-                             help="what the numbers of q are (default: probs)")
+            sub.add_argument(
+                "--q-form",
+                choices=list(_FORMS),
+                default="probs",
+                help="what the numbers of q are (default: probs)",
+            )
         sub.add_argument("--json", action="store_true", help="print a JSON object")
         sub.set_defaults(run=_run, measure=name)
 
 
+#: The help of every command's --base.
+BASE_HELP = "logarithm base: e (nats, default), 2 (bits), or any finite number > 1"
+
+# The JSON key of each measure: the library's function names.
+_KEYS = {
+    "entropy": "entropy",
+    "cross-entropy": "cross_entropy",
+    "kl": "kl_divergence",
+    "js": "js_divergence",
+}
+
+
 def _base(text: str) -> float:
+    """``--base``: e, 2, or any finite number > 1 (a base <= 1 makes divergences <= 0)."""
     if text.strip().lower() == "e":
         return math.e
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 1):
+        raise argparse.ArgumentTypeError(
+            f"must be e, 2 or another finite number > 1; got {text.strip()!r}"
+        )
+    return value
 
 
 def parse_numbers(text: str, name: str) -> np.ndarray:
@@ -67,8 +95,7 @@ def _parse_label(text: str) -> np.ndarray:
     try:
         return np.asarray(int(text.strip()))
     except ValueError:
-        raise ValueError(f"p must be one class index with --p-form label; got {text!r}") \
-            from None
+        raise ValueError(f"p must be one class index with --p-form label; got {text!r}") from None
 
 
 def _wrap(values: np.ndarray, form: str) -> Any:
@@ -90,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.measure == "decompose":
         values = {k: float(v) for k, v in result._asdict().items()}
     else:
-        values = {args.measure.replace("-", "_"): float(result)}
+        values = {_KEYS[args.measure]: float(result)}
     if args.json:
         print(_jsonio.dumps({**values, "unit": unit}))
     elif len(values) == 1:

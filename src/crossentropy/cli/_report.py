@@ -67,8 +67,8 @@ from typing import Any
 import numpy as np
 
 from . import _jsonio
-from ._files import write_atomic
-from ._measures import _base
+from ._files import check_output, plot_format, write_output
+from ._measures import BASE_HELP, _base
 from ._report_read import LabelMap, default_batch_rows, open_source
 from ._report_stats import DEFAULT_TOLERANCE, Accumulator
 
@@ -127,7 +127,7 @@ def register(commands: Any) -> None:
         "--base",
         type=_base,
         default=None,
-        help="logarithm base: e (nats, default), 2 (bits), or any number > 0",
+        help=BASE_HELP,
     )
     sub.add_argument(
         "--json",
@@ -139,7 +139,8 @@ def register(commands: Any) -> None:
         "--plot",
         default=None,
         metavar="OUT.png",
-        help="write a PNG: reliability diagram and the loss split",
+        help="write the figure: reliability diagram and the loss split, in the format of "
+        "the suffix (.png, .pdf, .svg, ...; no suffix: PNG)",
     )
     sub.add_argument(
         "--batch-size",
@@ -194,7 +195,9 @@ def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
     """Refuse outputs that would overwrite the input or each other, before any work."""
     # "--json -" is standard output, not a file.
     given = {
-        flag: out for flag, out in outputs.items() if out and not (flag == "--json" and out == "-")
+        flag: out
+        for flag, out in outputs.items()
+        if out is not None and not (flag == "--json" and out == "-")
     }
     real_in = os.path.realpath(path)
     for flag, out in given.items():
@@ -203,13 +206,9 @@ def _check_outputs(path: str, outputs: dict[str, str | None]) -> None:
             same = os.path.samefile(out, path)
         if same:
             raise ValueError(f"{flag} {out!r} is the input file; refusing to overwrite it")
-        if os.path.isdir(out):
-            raise ValueError(f"{flag} {out!r} is a directory")
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise ValueError(f"{flag} {out!r}: no such directory {folder!r}")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {out!r}: cannot write to the directory {folder!r}")
+        if flag == "--plot":
+            plot_format(out)
+        check_output(out, flag)
     if len({os.path.realpath(o) for o in given.values()}) < len(given):
         raise ValueError("--json and --plot name the same file")
 
@@ -373,17 +372,18 @@ def run(args: argparse.Namespace) -> int:
     report = compute(args)
     if report["predictions_vary_within_groups"]:
         print(f"crossentropy report: warning: {VARY_WARNING}", file=sys.stderr)
-    text = _jsonio.dumps(report, indent=2) + "\n" if args.json else ""
+    text = _jsonio.dumps(report, indent=2) + "\n" if args.json is not None else ""
     if args.json == "-":
         sys.stdout.write(text)  # stdout is the JSON alone, for pipes: no table
     else:
         _print(report)
-        if args.json:
-            write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
+        if args.json is not None:
+            write_output(args.json, lambda f: f.write(text.encode("utf-8")), "--json")
     if args.plot:
         from ._report_plot import save_plot
 
-        write_atomic(args.plot, lambda f: save_plot(report, f))
+        fmt = plot_format(args.plot)
+        write_output(args.plot, lambda f: save_plot(report, f, fmt), "--plot")
     return 0
 
 

@@ -18,8 +18,11 @@ REST = "#c44e52"
 LOSS = "#4c72b0"
 
 
-def save_plot(report: dict[str, Any], file: IO[bytes]) -> None:
-    """Write the PNG for a finished ``report`` (the JSON object) to ``file``."""
+def save_plot(report: dict[str, Any], file: IO[bytes], format: str = "png") -> None:
+    """Write the figure for a finished ``report`` (the JSON object) to ``file``.
+
+    ``format`` is matplotlib's: png, pdf, svg, ...
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -32,7 +35,7 @@ def save_plot(report: dict[str, Any], file: IO[bytes]) -> None:
     _reliability(left, report)
     _split(right, report)
     fig.suptitle(f"crossentropy report: {report['n']:,} rows, {report['num_classes']} classes")
-    fig.savefig(file, format="png", dpi=110)
+    fig.savefig(file, format=format, dpi=110)
 
 
 def _reliability(ax: Any, report: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ import contextlib
 import csv
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -45,13 +46,20 @@ from typing import Any
 
 import numpy as np
 
+from ._files import os_problem
 from ._report_stats import FORMS
 
 # Values (rows x classes) per batch: the unit of memory.  --batch-size overrides the rows.
 BATCH_VALUES = 2**21
 PARQUET_BUFFER = 1 << 18
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
-           ".parq": "parquet", ".npz": "npz"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".parq": "parquet",
+    ".npz": "npz",
+}
 
 Batch = tuple[np.ndarray, Any, Any]
 
@@ -77,15 +85,40 @@ class Source:
     _read: Callable[[int], Iterator[Batch]] = field(repr=False)
 
     def batches(self, batch_rows: int) -> Iterator[Batch]:
+        rows = 0
         try:
-            yield from self._read(batch_rows)
+            for batch in self._read(batch_rows):
+                self._check_groups(batch[2], rows)
+                rows += len(batch[0])
+                yield batch
         except _READ_ERRORS as error:
             raise _unreadable(self.path, self.format, error) from None
 
+    def _check_groups(self, groups: Any, first_row: int) -> None:
+        """A group value missing (null) in a Parquet or CSV batch: name its row."""
+        if groups is None or isinstance(groups, np.ndarray) or not groups.null_count:
+            return
+        i = int(np.flatnonzero(np.asarray(groups.is_null().to_pylist()))[0])
+        row = first_row + i
+        where = (
+            f"row {row}"
+            if self.line_offset is None
+            else f"row {row} (line {row + self.line_offset})"
+        )
+        raise ValueError(
+            f"missing group value in column {self.group!r} of {self.path!r}, "
+            f"{where}: every row needs a group"
+        )
+
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [zipfile.BadZipFile, zlib.error, EOFError,
-                                         UnicodeDecodeError, csv.Error]
+    errors: list[type[BaseException]] = [
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        UnicodeDecodeError,
+        csv.Error,
+    ]
     with contextlib.suppress(ImportError):
         import pyarrow as pa
 
@@ -115,31 +148,52 @@ def _needs(module: str) -> Any:
 
 def detect_format(path: str) -> str:
     """The format from the file name, else from its first bytes."""
-    if not os.path.exists(path):
-        raise ValueError(f"no such file: {path!r}")
-    if os.path.isdir(path):
+    if path == "":
+        raise ValueError("the input path is empty")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path!r}") from None
+    except NotADirectoryError:
+        raise ValueError(f"no such file: {path!r} (a part of the path is a file)") from None
+    except PermissionError:
+        raise ValueError(
+            f"cannot read {path!r}: permission denied (on a directory of the path)"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {os_problem(error)}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ValueError(f"{path!r} is a directory, not a file")
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path!r} is not a regular file (the report reads a file twice)")
+    if st.st_size == 0:
         raise ValueError(f"{path!r} is empty")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {os_problem(error)}") from None
     fmt = FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is not None:
         return fmt
-    with open(path, "rb") as f:
-        head = f.read(4)
     if head == b"PAR1":
         return "parquet"
     if head[:2] == b"PK":
         return "npz"
-    raise ValueError(f"cannot tell the format of {path!r}: name it .csv, .tsv, .parquet or "
-                     ".npz")
+    raise ValueError(f"cannot tell the format of {path!r}: name it .csv, .tsv, .parquet or .npz")
 
 
-def open_source(path: str, *, label: str = "label", group: str | None = None,
-                form: str | None = None, classes: list[str] | None = None) -> Source:
+def open_source(
+    path: str,
+    *,
+    label: str = "label",
+    group: str | None = None,
+    form: str | None = None,
+    classes: list[str] | None = None,
+) -> Source:
     """Open ``path`` for reading and check its layout (not yet its values)."""
     fmt = detect_format(path)
-    opener = {"csv": _open_table, "tsv": _open_table, "parquet": _open_table,
-              "npz": _open_npz}[fmt]
+    opener = {"csv": _open_table, "tsv": _open_table, "parquet": _open_table, "npz": _open_npz}[fmt]
     try:
         return opener(path, fmt, label=label, group=group, form=form, classes=classes)
     except _READ_ERRORS as error:
@@ -153,16 +207,23 @@ def open_source(path: str, *, label: str = "label", group: str | None = None,
 _INDEX_COLUMN = re.compile(r"|Unnamed: \d+|__index_level_\d+__")
 
 
-def _choose_columns(path: str, names: list[str], label: str, group: str | None,
-                    classes: list[str] | None, index: frozenset[str] = frozenset()) -> list[str]:
+def _choose_columns(
+    path: str,
+    names: list[str],
+    label: str,
+    group: str | None,
+    classes: list[str] | None,
+    index: frozenset[str] = frozenset(),
+) -> list[str]:
     seen: set[str] = set()
     duplicates = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
     if duplicates:
         raise ValueError(f"{path!r} has more than one column named {duplicates[0]!r}")
     shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
     if label not in names:
-        raise ValueError(f"no label column {label!r} in {path!r} (columns: {shown}); "
-                         "name it with --label")
+        raise ValueError(
+            f"no label column {label!r} in {path!r} (columns: {shown}); name it with --label"
+        )
     if group is not None and group not in names:
         raise ValueError(f"no group column {group!r} in {path!r} (columns: {shown})")
     if group == label:
@@ -175,16 +236,28 @@ def _choose_columns(path: str, names: list[str], label: str, group: str | None,
             raise ValueError("--classes must not name the label or group column")
         chosen = list(classes)
     else:
-        chosen = [n for n in names if n not in (label, group) and n not in index
-                  and not _INDEX_COLUMN.fullmatch(n)]
+        chosen = [
+            n
+            for n in names
+            if n not in (label, group) and n not in index and not _INDEX_COLUMN.fullmatch(n)
+        ]
     if not chosen:
-        raise ValueError(f"{path!r} has no class columns: one numeric column per class is "
-                         "needed besides the label")
+        raise ValueError(
+            f"{path!r} has no class columns: one numeric column per class is "
+            "needed besides the label"
+        )
     return chosen
 
 
-def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str | None,
-                classes: list[str] | None) -> Source:
+def _open_table(
+    path: str,
+    fmt: str,
+    *,
+    label: str,
+    group: str | None,
+    form: str | None,
+    classes: list[str] | None,
+) -> Source:
     pa = _needs("pyarrow")
     form = form or "probs"
     if fmt == "parquet":
@@ -194,13 +267,19 @@ def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str
             num_rows = pf.metadata.num_rows
         names = list(schema.names)
         index = (schema.pandas_metadata or {}).get("index_columns", [])
-        class_names = _choose_columns(path, names, label, group, classes,
-                                      frozenset(c for c in index if isinstance(c, str)))
+        class_names = _choose_columns(
+            path, names, label, group, classes, frozenset(c for c in index if isinstance(c, str))
+        )
+        for role, name in (("label", label), ("group", group)):
+            if name is not None:
+                _check_key_type(path, role, name, schema.field(name).type)
         types = [schema.field(c).type for c in class_names]
         for name, typ in zip(class_names, types, strict=True):
             if not (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
-                raise ValueError(f"class column {name!r} in {path!r} is not numeric ({typ}); "
-                                 "choose the class columns with --classes")
+                raise ValueError(
+                    f"class column {name!r} in {path!r} is not numeric ({typ}); "
+                    "choose the class columns with --classes"
+                )
         single = all(pa.types.is_float32(t) or pa.types.is_float16(t) for t in types)
         dtype = np.dtype(np.float32 if single else np.float64)
         columns = [label, *([group] if group else []), *class_names]
@@ -235,15 +314,37 @@ def _open_table(path: str, fmt: str, *, label: str, group: str | None, form: str
             path,
             read_options=pacsv.ReadOptions(block_size=size),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(column_types=column_types,
-                                                 include_columns=columns),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types, include_columns=columns
+            ),
         )
         with contextlib.closing(reader):
             for batch in reader:
                 yield _table_batch(batch, label, group, class_names, np.dtype(np.float64))
 
-    return Source(path, fmt, form, class_names, label, group, None, np.dtype(np.float64), 2,
-                  read_csv)
+    return Source(
+        path, fmt, form, class_names, label, group, None, np.dtype(np.float64), 2, read_csv
+    )
+
+
+def _check_key_type(path: str, role: str, name: str, typ: Any) -> None:
+    """A label or group column holds strings, numbers or booleans, not lists or structs."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if not (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_integer(typ)
+        or pa.types.is_floating(typ)
+        or pa.types.is_boolean(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    ):
+        raise ValueError(
+            f"{role} column {name!r} in {path!r} holds {typ}; it must hold strings or numbers"
+        )
 
 
 def _numpy(arr: Any) -> np.ndarray:
@@ -261,14 +362,27 @@ def _numpy(arr: Any) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize)
 
 
-_NUMPY_TYPES = {name: np.dtype(t) for name, t in (
-    ("halffloat", np.float16), ("float", np.float32), ("double", np.float64),
-    ("int8", np.int8), ("int16", np.int16), ("int32", np.int32), ("int64", np.int64),
-    ("uint8", np.uint8), ("uint16", np.uint16), ("uint32", np.uint32), ("uint64", np.uint64))}
+_NUMPY_TYPES = {
+    name: np.dtype(t)
+    for name, t in (
+        ("halffloat", np.float16),
+        ("float", np.float32),
+        ("double", np.float64),
+        ("int8", np.int8),
+        ("int16", np.int16),
+        ("int32", np.int32),
+        ("int64", np.int64),
+        ("uint8", np.uint8),
+        ("uint16", np.uint16),
+        ("uint32", np.uint32),
+        ("uint64", np.uint64),
+    )
+}
 
 
-def _table_batch(batch: Any, label: str, group: str | None, class_names: list[str],
-                 dtype: Any) -> Batch:
+def _table_batch(
+    batch: Any, label: str, group: str | None, class_names: list[str], dtype: Any
+) -> Batch:
     values = np.empty((batch.num_rows, len(class_names)), dtype=dtype)
     for j, name in enumerate(class_names):
         values[:, j] = _numpy(batch.column(name))
@@ -277,6 +391,7 @@ def _table_batch(batch: Any, label: str, group: str | None, class_names: list[st
 
 
 # -- .npz --------------------------------------------------------------------------------
+
 
 class _NpyMember:
     """One array of an .npz archive, read row block by row block (never all at once)."""
@@ -292,10 +407,13 @@ class _NpyMember:
             shape, fortran, dtype = fmt.read_array_header_2_0(self._file)
         else:
             shape, fortran, dtype = fmt._read_array_header(  # type: ignore[attr-defined]
-                self._file, version)
+                self._file, version
+            )
         if dtype.hasobject:
-            raise ValueError(f"array {name!r} in {path!r} holds Python objects, which are "
-                             "not read (no pickles); save strings as a fixed-width str array")
+            raise ValueError(
+                f"array {name!r} in {path!r} holds Python objects, which are "
+                "not read (no pickles); save strings as a fixed-width str array"
+            )
         self.shape, self.dtype = tuple(shape), dtype
         self._fortran = fortran and len(shape) > 1
         self._whole: np.ndarray | None = None
@@ -308,15 +426,17 @@ class _NpyMember:
             if self._whole is None:
                 count = int(np.prod(self.shape, dtype=np.int64))
                 data = self._file.read(count * self.dtype.itemsize)
-                self._whole = np.frombuffer(data, self.dtype, count).reshape(
-                    self.shape, order="F")
+                self._whole = np.frombuffer(data, self.dtype, count).reshape(self.shape, order="F")
             out, self._whole = self._whole[:rows], self._whole[rows:]
             return np.ascontiguousarray(out)
         data = self._file.read(rows * self._row_bytes)
         if len(data) != rows * self._row_bytes:
             raise ValueError(f"array {self.name!r} in {self._path!r} is truncated")
-        out = np.frombuffer(data, self.dtype, rows * self._row_bytes // self.dtype.itemsize
-                            if self.dtype.itemsize else 0)
+        out = np.frombuffer(
+            data,
+            self.dtype,
+            rows * self._row_bytes // self.dtype.itemsize if self.dtype.itemsize else 0,
+        )
         out = out.reshape((rows, *self.shape[1:]))
         if not self.dtype.isnative:
             out = out.astype(self.dtype.newbyteorder("="))
@@ -326,44 +446,61 @@ class _NpyMember:
         self._file.close()
 
 
-def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str | None,
-              classes: list[str] | None) -> Source:
+def _open_npz(
+    path: str,
+    fmt: str,
+    *,
+    label: str,
+    group: str | None,
+    form: str | None,
+    classes: list[str] | None,
+) -> Source:
     with zipfile.ZipFile(path) as archive:
         # The archive's order is the order numpy.savez was given the arrays in.
         members = {m[:-4]: m for m in archive.namelist() if m.endswith(".npy")}
         shown = ", ".join(members) or "none"
         present = [f for f in FORMS if f in members]
         if form is None and len(present) > 1:
-            raise ValueError(f"{path!r} holds more than one of the arrays probs, logits, "
-                             f"log_probs ({', '.join(present)}): pick one with --form")
+            raise ValueError(
+                f"{path!r} holds more than one of the arrays probs, logits, "
+                f"log_probs ({', '.join(present)}): pick one with --form"
+            )
         matrix = form if form in members else (present[0] if form is None and present else None)
         if matrix is None and present:
             raise ValueError(f"{path!r} has no array {form!r} (arrays: {shown})")
         if label not in members:
-            raise ValueError(f"no label array {label!r} in {path!r} (arrays: {shown}); name "
-                             "it with --label")
+            raise ValueError(
+                f"no label array {label!r} in {path!r} (arrays: {shown}); name it with --label"
+            )
         if group is not None and group not in members:
             raise ValueError(f"no group array {group!r} in {path!r} (arrays: {shown})")
         labels = _npy_header(archive, members, label, path)
         if len(labels.shape) != 1:
-            raise ValueError(f"array {label!r} in {path!r} must be 1-D (one label per row); "
-                             f"its shape is {labels.shape}")
+            raise ValueError(
+                f"array {label!r} in {path!r} must be 1-D (one label per row); "
+                f"its shape is {labels.shape}"
+            )
         (n,) = labels.shape
         if group is not None and _npy_header(archive, members, group, path).shape != (n,):
-            raise ValueError(f"array {group!r} in {path!r} must have shape ({n},) to match "
-                             f"{label!r}")
+            raise ValueError(
+                f"array {group!r} in {path!r} must have shape ({n},) to match {label!r}"
+            )
         if matrix is not None:
             form = matrix
             arrays = [matrix]
             values = _npy_header(archive, members, matrix, path)
             _check_numeric(values, path)
             if len(values.shape) != 2:
-                raise ValueError(f"array {matrix!r} in {path!r} must be 2-D (rows, classes); "
-                                 f"its shape is {values.shape}")
+                raise ValueError(
+                    f"array {matrix!r} in {path!r} must be 2-D (rows, classes); "
+                    f"its shape is {values.shape}"
+                )
             if values.shape[0] != n:
-                raise ValueError(f"array {label!r} in {path!r} must have shape "
-                                 f"({values.shape[0]},) to match {matrix!r}; its shape is "
-                                 f"{labels.shape}")
+                raise ValueError(
+                    f"array {label!r} in {path!r} must have shape "
+                    f"({values.shape[0]},) to match {matrix!r}; its shape is "
+                    f"{labels.shape}"
+                )
             k = values.shape[1]
             if classes is None and "classes" in members and "classes" not in (label, group):
                 with archive.open(members["classes"]) as f:
@@ -374,8 +511,9 @@ def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str |
             if classes is None:
                 classes = [str(i) for i in range(k)]
             if len(classes) != k:
-                raise ValueError(f"{len(classes)} class names for {k} columns of {matrix!r} "
-                                 f"in {path!r}")
+                raise ValueError(
+                    f"{len(classes)} class names for {k} columns of {matrix!r} in {path!r}"
+                )
             if len(set(classes)) != k:
                 raise ValueError(f"the class names in {path!r} repeat")
             single = values.dtype in (np.float32, np.float16)
@@ -384,9 +522,11 @@ def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str |
             form = form or "probs"
             candidates = [m for m in members if m != "classes"]
             if classes is None and not set(candidates) - {label, group}:
-                raise ValueError(f"{path!r} has no predictions: save one of the arrays probs, "
-                                 f"logits, log_probs (n, K), or one (n,) array per class; it "
-                                 f"holds: {shown}")
+                raise ValueError(
+                    f"{path!r} has no predictions: save one of the arrays probs, "
+                    f"logits, log_probs (n, K), or one (n,) array per class; it "
+                    f"holds: {shown}"
+                )
             arrays = _choose_columns(path, candidates, label, group, classes)
             classes = arrays
             single = True
@@ -394,8 +534,10 @@ def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str |
                 column = _npy_header(archive, members, name, path)
                 _check_numeric(column, path)
                 if column.shape != (n,):
-                    raise ValueError(f"class array {name!r} in {path!r} must have shape "
-                                     f"({n},) like {label!r}; its shape is {column.shape}")
+                    raise ValueError(
+                        f"class array {name!r} in {path!r} must have shape "
+                        f"({n},) like {label!r}; its shape is {column.shape}"
+                    )
                 single = single and column.dtype in (np.float32, np.float16)
     dtype = np.dtype(np.float32 if single else np.float64)
 
@@ -422,8 +564,9 @@ def _open_npz(path: str, fmt: str, *, label: str, group: str | None, form: str |
     return Source(path, fmt, form, classes, label, group, n, dtype, None, read)
 
 
-def _npy_header(archive: zipfile.ZipFile, members: dict[str, str], name: str,
-                path: str) -> _NpyMember:
+def _npy_header(
+    archive: zipfile.ZipFile, members: dict[str, str], name: str, path: str
+) -> _NpyMember:
     """The shape and dtype of one array (its header only; the data is not read)."""
     member = _NpyMember(archive, members[name], name, path)
     member.close()
@@ -444,6 +587,7 @@ def _text(value: Any) -> str:
 
 
 # -- labels --------------------------------------------------------------------------------
+
 
 class LabelMap:
     """Labels (any type) to class indices, by the labels' text; unknown labels are errors."""
@@ -508,5 +652,7 @@ class LabelMap:
     def _unknown(self, value: Any, row: int) -> None:
         names = self.class_names
         shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
-        raise ValueError(f"label {_text(value)!r} in {self._where(row)} is not among the "
-                         f"{len(names)} classes ({shown})")
+        raise ValueError(
+            f"label {_text(value)!r} in {self._where(row)} is not among the "
+            f"{len(names)} classes ({shown})"
+        )
