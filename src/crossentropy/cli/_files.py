@@ -98,6 +98,18 @@ def _fd_of(path: str) -> int | None:
     return int(fd if fd is not None else proc_fd)
 
 
+def _not_a_directory(path: str) -> str:
+    """For a path failing with ENOTDIR: which part of it is a file."""
+    part = os.path.dirname(os.path.abspath(path))
+    while part != os.path.dirname(part) and not (os.path.lexists(part) and not os.path.isdir(part)):
+        part = os.path.dirname(part)
+    return (
+        f"{part!r} is not a directory"
+        if not os.path.isdir(part)
+        else ("a part of the path is not a directory")
+    )
+
+
 def _fail(flag: str, path: str, problem: str) -> OutputError:
     return OutputError(f"{flag} {path!r}: {problem}")
 
@@ -109,7 +121,7 @@ def _check_folder(flag: str, path: str, folder: str) -> None:
     except FileNotFoundError:
         raise _fail(flag, path, f"no such directory {folder!r}") from None
     except NotADirectoryError:
-        raise _fail(flag, path, f"no such directory {folder!r} (a part of it is a file)") from None
+        raise _fail(flag, path, _not_a_directory(folder)) from None
     except OSError as error:
         raise _fail(flag, path, f"{os_problem(error)} ({folder!r})") from None
     if not stat.S_ISDIR(st.st_mode):
@@ -147,7 +159,7 @@ def check_output(path: str, flag: str) -> None:
         _check_folder(flag, path, os.path.dirname(os.path.realpath(path)))
         return
     except NotADirectoryError:
-        raise _fail(flag, path, "a part of the path is not a directory") from None
+        raise _fail(flag, path, _not_a_directory(path)) from None
     except OSError as error:
         raise _fail(flag, path, os_problem(error)) from None
     if stat.S_ISDIR(st.st_mode):
@@ -184,7 +196,7 @@ def check_output_dir(path: str, flag: str, files: tuple[str, ...] = ()) -> None:
             ) from None
         return
     except NotADirectoryError:
-        raise _fail(flag, path, "a part of the path is not a directory") from None
+        raise _fail(flag, path, _not_a_directory(path)) from None
     except OSError as error:
         raise _fail(flag, path, os_problem(error)) from None
     if not stat.S_ISDIR(st.st_mode):
