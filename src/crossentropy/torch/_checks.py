@@ -29,6 +29,24 @@ _INTEGERS = tuple(
 )
 
 
+class DtypeMismatchError(TypeError, ValueError):
+    """Tensors that must share a dtype do not.
+
+    Both a ``TypeError`` (a wrong dtype is a wrong type, the house rule) and a
+    ``ValueError`` (the contract for mismatched arguments), as NumPy's ``AxisError`` is
+    both ``ValueError`` and ``IndexError``: code catching either is right.
+    """
+
+
+def same_dtype(reference: torch.Tensor, reference_name: str, **tensors: object) -> None:
+    """Raise ``DtypeMismatchError`` naming the first tensor whose dtype is not the reference's."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.dtype != reference.dtype:
+            raise DtypeMismatchError(
+                f"{name} must have {reference_name}'s dtype {reference.dtype}, got {value.dtype}"
+            )
+
+
 def tensor(value: Any, name: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")

@@ -368,8 +368,7 @@ def linear_cross_entropy(
             f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
             f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
         )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
+    _checks.same_dtype(hidden, "hidden", weight=weight)
     vocab, dim = weight.shape
     if vocab == 0:
         raise ValueError("weight must have at least one row (class)")
@@ -381,8 +380,7 @@ def linear_cross_entropy(
         _checks.floating(bias, "bias")
         if tuple(bias.shape) != (vocab,):
             raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+        _checks.same_dtype(hidden, "hidden", bias=bias)
     ignore = _checks.ignore_index(ignore_index)
     reads_data = _checks.reads_data(validate, hidden)
     soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)

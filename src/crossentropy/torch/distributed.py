@@ -628,17 +628,13 @@ def vocab_parallel_linear_cross_entropy(
                 f"weight_shard must have shape (C_r, D) with D = hidden.shape[-1]; got hidden "
                 f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
             )
-        if weight_shard.dtype != hidden.dtype:
-            raise TypeError(
-                f"weight_shard must have hidden's dtype {hidden.dtype}, got {weight_shard.dtype}"
-            )
+        _checks.same_dtype(hidden, "hidden", weight_shard=weight_shard)
         local_size = int(weight_shard.shape[0])
         if bias is not None:
             _checks.floating(bias, "bias")
             if tuple(bias.shape) != (local_size,):
                 raise ValueError(f"bias must have shape ({local_size},), got {tuple(bias.shape)}")
-            if bias.dtype != hidden.dtype:
-                raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+            _checks.same_dtype(hidden, "hidden", bias=bias)
         ignore = _checks.ignore_index(ignore_index)
         soft = _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
         if soft and target.requires_grad and torch.is_grad_enabled():
