@@ -1,17 +1,24 @@
 """Counting samples: the :class:`Counts` accumulator and :func:`counts`.
 
-Non-negative integers below ``_DENSE_LIMIT`` are counted in a dense array indexed by the
-symbol (``np.bincount``: as fast as counting gets); every other hashable value (strings,
-negative or huge integers, floats, tuples) is kept in a dictionary, filled from
-``np.unique`` where the batch is an array, so that no Python loop runs over the samples.
-Which of the two holds a symbol depends only on the symbol, so merging is exact.
+Symbols are told apart as Python's dictionaries (and ``collections.Counter``) tell them
+apart: ``1``, ``1.0``, ``True``, ``np.int64(1)`` and ``np.float32(1.0)`` are one symbol,
+because they are equal. Every symbol is first put in one canonical form
+(:func:`_canonical`: a number equal to an integer becomes that Python ``int``, a NumPy
+scalar its Python value), so that each path (lists, integer and float arrays, mappings,
+merges) keys it the same way.
+
+Non-negative integers below ``_DENSE_LIMIT`` are then counted in a dense array indexed by
+the symbol (``np.bincount``: as fast as counting gets); every other hashable value
+(strings, negative or huge integers, non-integral floats, tuples) is kept in a
+dictionary, filled from ``np.unique`` where the batch is an array, so that no Python loop
+runs over the samples. Which of the two holds a symbol depends only on the symbol, so
+merging is exact. Python integers beyond int64 are kept exact (never turned into floats).
 """
 
 from __future__ import annotations
 
 import collections
 import numbers
-import operator
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,14 +33,52 @@ __all__ = ["Counts", "counts"]
 _DENSE_LIMIT = 1 << 24
 # Samples per counting block: 2 MiB of int64, a core's L2 cache here.
 _BLOCK = 1 << 18
+_INT64_MAX = (1 << 63) - 1
+# counts(..., axis=...) builds a (rows, K) table of at most this many counts per sample
+# (and at least _TABLE_MIN: 128 MiB of int64).
+_TABLE_FACTOR = 16
+_TABLE_MIN = 1 << 24
 
 
-def _is_dense_symbol(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and 0 <= int(value) < _DENSE_LIMIT
+def _canonical(symbol: Any) -> Any:
+    """The one form a symbol is keyed by: equal numbers get the same key.
+
+    A NumPy number becomes its Python value; any number equal to an integer (``1.0``,
+    ``True``, ``Fraction(2)``, ``2 + 0j``) becomes that ``int``; NaN is refused (it is
+    not equal to itself, so it could never be looked up). Everything else is unchanged:
+    a dictionary compares it by ``==`` anyway.
+    """
+    if type(symbol) is int:
+        return symbol
+    if isinstance(symbol, (np.number, np.bool_)):
+        symbol = symbol.item()
+    if isinstance(symbol, numbers.Integral):
+        return int(symbol)
+    if isinstance(symbol, float):
+        if symbol != symbol:
+            raise ValueError("samples contain NaN: drop missing values before counting")
+        return int(symbol) if symbol.is_integer() else symbol
+    if isinstance(symbol, numbers.Number):
+        try:
+            real = symbol.real if symbol.imag == 0 else symbol  # type: ignore[attr-defined]
+            whole = int(real)
+        except (TypeError, ValueError, OverflowError, AttributeError):
+            return symbol
+        return whole if whole == symbol else symbol
+    return symbol
+
+
+def _is_dense(key: Any) -> bool:
+    """Whether a canonical key lives in the dense table."""
+    return type(key) is int and 0 <= key < _DENSE_LIMIT
 
 
 def _sort_key(item: tuple[Hashable, int]) -> tuple[str, Any]:
-    return (type(item[0]).__name__, item[0])
+    # Ints and floats are ordered together, by value; other types by type name, then value.
+    key = item[0]
+    if isinstance(key, (int, float)):
+        return ("", key)
+    return (type(key).__name__, key)
 
 
 class Counts(Mapping):
@@ -57,8 +102,12 @@ class Counts(Mapping):
     Notes
     -----
     A ``Counts`` is a read-only :class:`~collections.abc.Mapping` from symbol to count
-    (unseen symbols are absent). Symbols are compared as Python compares dictionary keys,
-    except that the integer ``1`` and the float ``1.0`` are different symbols.
+    (unseen symbols are absent). Symbols are compared as Python compares dictionary keys
+    (as :class:`collections.Counter` does): equal values are one symbol, so ``1``,
+    ``1.0``, ``True`` and ``numpy.int64(1)`` are counted together, whatever the path
+    (lists, arrays of integers or floats, merges); a number equal to an integer is
+    reported as that ``int``. Python integers of any size are kept exact. A count is at
+    most 2**63 - 1.
 
     Examples
     --------
@@ -91,12 +140,13 @@ class Counts(Mapping):
         """Count ``symbol`` ``count`` more times; returns ``self``."""
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             raise ValueError(f"count must be a non-negative integer, got {count!r}")
-        if _is_dense_symbol(symbol):
-            self._add_dense(np.array([int(symbol)]), np.array([int(count)]))
-        else:
-            _check_not_nan(symbol)
-            key = symbol.item() if isinstance(symbol, np.generic) else symbol
-            self._other[key] = self._other.get(key, 0) + int(count)
+        count = int(count)
+        try:
+            key = _canonical(symbol)
+            hash(key)
+        except TypeError as error:
+            raise ValueError(f"symbol must be hashable: {error}") from None
+        self._add_items([(key, count)])
         return self
 
     def update(self, samples: Any) -> Counts:
@@ -138,11 +188,25 @@ class Counts(Mapping):
             if dense.any():
                 self._add_bincount(np.bincount(array[dense].astype(np.int64)))
                 array = array[~dense]
-        elif np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
-            raise ValueError(
-                f"samples contain NaN at index {int(np.flatnonzero(np.isnan(array))[0])}: "
-                "drop missing values before counting"
-            )
+            # What is left is negative or at least 2**24: .tolist() gives exact Python
+            # ints (uint64 above 2**63 - 1 included), already canonical.
+            values, numbers_ = np.unique(array, return_counts=True)
+            self._add_other(zip(values.tolist(), numbers_.tolist(), strict=True))
+            return
+        if np.issubdtype(array.dtype, np.floating):
+            if np.isnan(array).any():
+                raise ValueError(
+                    f"samples contain NaN at index {int(np.flatnonzero(np.isnan(array))[0])}: "
+                    "drop missing values before counting"
+                )
+            values, numbers_ = np.unique(array, return_counts=True)
+            # A float equal to a small non-negative integer is that integer's symbol.
+            dense = (values >= 0) & (values < _DENSE_LIMIT) & (values == np.floor(values))
+            if dense.any():
+                self._add_dense(values[dense].astype(np.int64), numbers_[dense])
+            values, numbers_ = values[~dense], numbers_[~dense]
+            self._add_items(zip(values.tolist(), numbers_.tolist(), strict=True))
+            return
         values, numbers_ = np.unique(array, return_counts=True)
         self._add_other(zip(values.tolist(), numbers_.tolist(), strict=True))
 
@@ -184,25 +248,48 @@ class Counts(Mapping):
             tally = collections.Counter(samples)
         except TypeError as error:
             raise ValueError(f"samples must be hashable values: {error}") from None
-        dense = [(int(s), c) for s, c in tally.items() if _is_dense_symbol(s)]
-        if dense:
-            symbols, amounts = zip(*dense, strict=True)
-            self._add_dense(np.array(symbols), np.array(amounts))
-        for symbol in tally:
-            if not _is_dense_symbol(symbol):
-                _check_not_nan(symbol)
-        self._add_other(
-            (s.item() if isinstance(s, np.generic) else s, c)
-            for s, c in tally.items()
-            if not _is_dense_symbol(s)
-        )
+        # Counter has merged equal symbols already; the canonical keys route them.
+        self._add_items((_canonical(s), c) for s, c in tally.items())
+
+    def _add_items(self, items: Iterable[tuple[Hashable, int]]) -> None:
+        """Add (symbol, count) pairs: canonical keys, dense ones into the table."""
+        dense_symbols: list[int] = []
+        dense_amounts: list[int] = []
+        rest = []
+        for symbol, count in items:
+            key = _canonical(symbol)
+            if _is_dense(key):
+                dense_symbols.append(key)
+                dense_amounts.append(count)
+            else:
+                rest.append((key, count))
+        if dense_symbols:
+            if max(dense_amounts) > _INT64_MAX:
+                raise ValueError(f"count must be at most 2**63 - 1, got {max(dense_amounts)}")
+            self._add_dense(np.array(dense_symbols), np.array(dense_amounts, dtype=np.int64))
+        self._add_other(rest)
 
     def _add_other(self, items: Iterable[tuple[Hashable, int]]) -> None:
+        """Add (canonical key, count) pairs outside the dense table: exact Python ints."""
         other = self._other
         for symbol, count in items:
-            other[symbol] = other.get(symbol, 0) + count
+            total = other.get(symbol, 0) + count
+            if total > _INT64_MAX:
+                raise ValueError(
+                    f"the count of symbol {symbol!r} would be {total}, above 2**63 - 1"
+                )
+            other[symbol] = total
 
     def _add_bincount(self, tally: np.ndarray) -> None:
+        size = min(tally.size, self._dense.size)
+        if size and int(tally[:size].max()) > _INT64_MAX - int(self._dense[:size].max()):
+            overflow = tally[:size] > _INT64_MAX - self._dense[:size]
+            if overflow.any():
+                symbol = int(np.flatnonzero(overflow)[0])
+                raise ValueError(
+                    f"the count of symbol {symbol} would be "
+                    f"{int(tally[symbol]) + int(self._dense[symbol])}, above 2**63 - 1"
+                )
         if tally.size > self._dense.size:
             tally = tally.astype(np.int64, copy=True)
             tally[: self._dense.size] += self._dense
@@ -211,8 +298,20 @@ class Counts(Mapping):
             self._dense[: tally.size] += tally
 
     def _add_dense(self, symbols: np.ndarray, amounts: np.ndarray) -> None:
-        tally = np.zeros(int(symbols.max()) + 1, dtype=np.int64)
-        np.add.at(tally, symbols.astype(np.int64), amounts.astype(np.int64))
+        """Add counts ``amounts`` (int64, each at most 2**63 - 1) of dense ``symbols``."""
+        symbols = symbols.astype(np.int64)
+        amounts = amounts.astype(np.int64)
+        distinct = np.unique(symbols)
+        if distinct.size < symbols.size:  # repeated symbols: sum them exactly first
+            summed: dict[int, int] = {}
+            for symbol, amount in zip(symbols.tolist(), amounts.tolist(), strict=True):
+                summed[symbol] = summed.get(symbol, 0) + amount
+            if max(summed.values()) > _INT64_MAX:
+                raise ValueError("a count would exceed 2**63 - 1")
+            symbols = np.array(list(summed), dtype=np.int64)
+            amounts = np.array(list(summed.values()), dtype=np.int64)
+        tally = np.zeros(int(distinct[-1]) + 1, dtype=np.int64)
+        tally[symbols] = amounts
         self._add_bincount(tally)
 
     def _merge_in(self, other: Counts) -> Counts:
@@ -269,13 +368,16 @@ class Counts(Mapping):
             return sorted(items, key=lambda item: (type(item[0]).__name__, repr(item[0])))
 
     def __getitem__(self, symbol: Hashable) -> int:
-        if _is_dense_symbol(symbol):
-            index = operator.index(symbol)  # type: ignore[arg-type]
-            if index < self._dense.size and self._dense[index]:
-                return int(self._dense[index])
+        try:
+            key = _canonical(symbol)
+        except ValueError:  # NaN: never counted
+            raise KeyError(symbol) from None
+        if _is_dense(key):
+            if key < self._dense.size and self._dense[key]:
+                return int(self._dense[key])
             raise KeyError(symbol)
-        if self._other.get(symbol, 0):
-            return self._other[symbol]
+        if self._other.get(key, 0):
+            return self._other[key]
         raise KeyError(symbol)
 
     def __iter__(self) -> Iterator[Hashable]:
@@ -311,7 +413,7 @@ class Counts(Mapping):
         (when all symbols are integers below K) sits at index ``k`` and the unseen symbols
         are zeros.
         """
-        other = np.array([c for _, c in self._other_items()], dtype=np.int64)
+        other = self._other_array()
         K = self.alphabet_size
         if K is not None:
             seen = len(self)
@@ -339,13 +441,18 @@ class Counts(Mapping):
 
     def _observed_array(self) -> np.ndarray:
         """The counts of the observed symbols only, in the order of :meth:`symbols`."""
-        other = np.array([c for _, c in self._other_items()], dtype=np.int64)
-        return np.concatenate([self._dense[self._dense > 0], other])
+        return np.concatenate([self._dense[self._dense > 0], self._other_array()])
+
+    def _other_array(self) -> np.ndarray:
+        return np.array([c for _, c in self._other_items()], dtype=np.int64)
 
 
-def _check_not_nan(symbol: Any) -> None:
-    if isinstance(symbol, (float, np.floating)) and symbol != symbol:
-        raise ValueError("samples contain NaN: drop missing values before counting")
+def count_vector(counts: Counts, name: str) -> np.ndarray:
+    """``counts.to_array()``, with errors naming the argument ``name``."""
+    try:
+        return counts.to_array()
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _as_sample_array(samples: Any) -> np.ndarray | None:
@@ -360,6 +467,14 @@ def _as_sample_array(samples: Any) -> np.ndarray | None:
         # which np.asarray would turn into strings) is counted value by value.
         if not all(type(s) is first for s in samples) or first not in (int, str, float, bool):
             return None
+        if first is int:
+            # Python ints beyond int64 would become uint64, float64 (mixed with negative
+            # ones: 2**53 + 1 and 2**53 become one symbol) or object: count those
+            # exactly, value by value.
+            try:
+                return np.asarray(samples, dtype=np.int64)
+            except OverflowError:
+                return None
         array = np.asarray(samples)
     elif hasattr(samples, "__array__") or hasattr(samples, "__array_namespace__"):
         array = np.asarray(samples)
@@ -393,9 +508,17 @@ def counts(
     Counts or numpy.ndarray
         With ``axis=None`` a :class:`Counts`. With an axis, an int64 array of shape
         ``samples.shape`` without ``axis`` plus ``(K,)``: for non-negative integer samples
-        column ``k`` counts the symbol ``k`` and K is ``alphabet_size`` or the largest
-        symbol plus one; for other samples the columns follow the sorted distinct values
-        (:func:`numpy.unique`), padded with zeros up to ``alphabet_size``.
+        whose largest value is small enough for that table (at most 16 counts per sample,
+        or 2**24 in all), column ``k`` counts the symbol ``k`` and K is ``alphabet_size``
+        or the largest symbol plus one; for other samples (``[[0, 2**40]]`` included)
+        the columns follow the sorted distinct values (:func:`numpy.unique`), padded with
+        zeros up to ``alphabet_size``.
+
+    Raises
+    ------
+    ValueError
+        When the table would exceed that size (many rows over many distinct values, or
+        a huge ``alphabet_size``): count the rows one at a time then.
 
     Examples
     --------
@@ -420,7 +543,10 @@ def counts(
         raise ValueError(f"samples of dtype {array.dtype} cannot be counted along an axis")
     batch = array.shape[:-1]
     rows = int(np.prod(batch, dtype=np.int64))
-    if array.dtype.kind in "biu" and array.min() >= 0:
+    # Columns indexed by the symbol itself only while that table stays within a few
+    # times the data's size: [[0, 2**40]] would otherwise ask for 8 TiB.
+    bound = max(_TABLE_FACTOR * array.size, _TABLE_MIN)
+    if array.dtype.kind in "biu" and array.min() >= 0 and rows * (int(array.max()) + 1) <= bound:
         symbols = array.reshape(rows, -1).astype(np.int64, copy=False)
         K = int(symbols.max()) + 1
     else:
@@ -434,6 +560,13 @@ def counts(
         if alphabet_size < K:
             raise ValueError(f"alphabet_size {alphabet_size} is smaller than the {K} symbols")
         K = alphabet_size
+    if rows * K > bound:
+        what = "alphabet_size" if alphabet_size is not None else "samples"
+        raise ValueError(
+            f"{what}: counting {rows} rows over {K} symbols needs a table of {rows * K} "
+            f"counts, more than {bound} (16 per sample); count the rows one at a time "
+            "with axis=None"
+        )
     offsets = (np.arange(rows, dtype=np.int64) * K)[:, None]
     flat = np.bincount((symbols + offsets).reshape(-1), minlength=rows * K)
     return flat.reshape(*batch, K).astype(np.int64, copy=False)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtri
 
-from ._counts import Counts
+from ._counts import Counts, count_vector
 from ._estimators import ESTIMATORS
 from ._nsb import nsb
 from ._result import Estimate
@@ -47,7 +47,7 @@ def as_counts(counts: Any, name: str = "counts") -> tuple[np.ndarray, tuple[int,
         known = counts.alphabet_size is not None
         if counts.total == 0:
             raise ValueError(f"{name} is empty: no samples have been counted")
-        counts = counts.to_array()
+        counts = count_vector(counts, name)
     array = count_array(counts, name)
     batch = array.shape[:-1]
     return array.reshape(-1, array.shape[-1]), batch, known
@@ -55,7 +55,7 @@ def as_counts(counts: Any, name: str = "counts") -> tuple[np.ndarray, tuple[int,
 
 def choose(c: np.ndarray, alphabet_known: bool) -> np.ndarray:
     """The method ``auto`` uses for every row of ``c``; see :func:`entropy`."""
-    N = c.sum(axis=-1)
+    N = c.sum(axis=-1, dtype=np.float64)  # int64 would wrap at 2**63
     observed = np.count_nonzero(c, axis=-1)
     singletons = np.count_nonzero(c == 1, axis=-1)
     well = (_SAMPLES_PER_SYMBOL * observed <= N) & (singletons <= _SINGLETON_FRACTION * N)
@@ -228,6 +228,19 @@ def rng_from(seed: Any) -> np.random.Generator:
         raise ValueError(f"seed must be None, an integer or a numpy Generator: {error}") from None
 
 
+def check_resamplable(c: np.ndarray, name: str) -> None:
+    """Refuse rows of 2**63 samples or more: a multinomial resample takes an int64 N."""
+    totals = c.sum(axis=-1, dtype=np.float64)
+    too_many = totals >= 2.0**63
+    if np.any(too_many):
+        row = int(np.flatnonzero(too_many)[0])
+        where = f" in row {row}" if c.shape[0] > 1 else ""
+        raise ValueError(
+            f"{name} sum to {totals[row]:.4g}{where}: the bootstrap resamples at most "
+            "2**63 - 1 samples (an int64); use entropy() for the value alone"
+        )
+
+
 # Elements per block of resampled counts (int64): 64 MiB.
 _BOOT_BUDGET = 1 << 23
 
@@ -361,6 +374,8 @@ def entropy_interval(
     rng = rng_from(seed)
     c, batch, known = as_counts(counts)
     names = resolve(c, method, known)
+    if np.any(names != "nsb"):
+        check_resamplable(c[names != "nsb"], "counts")
     value, nsb_std = estimate_rows(c, names)
     std = np.zeros_like(value) if nsb_std is None else nsb_std
     low = np.empty_like(value)

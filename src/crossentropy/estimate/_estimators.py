@@ -18,10 +18,12 @@ __all__ = ["ESTIMATORS"]
 
 
 def _per_count(f: Callable[[np.ndarray], np.ndarray], c: np.ndarray) -> np.ndarray:
-    """``f(c)`` elementwise, computing ``f`` once per distinct count value."""
-    top = int(c.max())
-    if top < max(1024, c.size):
-        return f(np.arange(top + 1, dtype=np.float64))[c]
+    """``f(c)`` elementwise, computing ``f`` once per distinct count value.
+
+    ``c`` is int64, or float64 when a row's total reaches 2**53 (see ``count_array``).
+    """
+    if c.dtype.kind in "iu" and int(c.max()) < max(1024, c.size):
+        return f(np.arange(int(c.max()) + 1, dtype=np.float64))[c]
     values, inverse = np.unique(c, return_inverse=True)
     return f(values.astype(np.float64))[inverse].reshape(c.shape)
 
@@ -31,7 +33,18 @@ def _nlogn(n: np.ndarray) -> np.ndarray:
 
 
 def _totals(c: np.ndarray) -> np.ndarray:
-    return c.sum(axis=-1).astype(np.float64)
+    # Summed in float64: an int64 sum would wrap at 2**63 (counts [2**62, 2**62]).
+    return c.sum(axis=-1, dtype=np.float64)
+
+
+def _nonnegative(x: np.ndarray) -> np.ndarray:
+    """``x`` clipped below at +0.0 (NaN stays NaN; -0.0 becomes +0.0).
+
+    For estimators that are non-negative in exact arithmetic, whose float evaluation
+    (a difference of nearly equal sums for a single symbol) can land a rounding below 0;
+    clipping to the bound that holds can only bring such a value closer to the truth.
+    """
+    return np.maximum(x, 0.0) + 0.0
 
 
 def plugin(c: np.ndarray) -> np.ndarray:
@@ -41,8 +54,13 @@ def plugin(c: np.ndarray) -> np.ndarray:
     well sampled and by far more when N is below K.
     """
     N = _totals(c)
+    if c.dtype.kind == "f":
+        # Totals of 2**53 and more: log N - S / N would cancel about log10(N) of the 16
+        # digits, so sum -p log p directly ([2**62, 2**62] gives log 2 exactly).
+        p = c / N[:, None] if c.ndim > 1 else c / N
+        return _nonnegative(-xlogy(p, p).sum(axis=-1))
     # Rounding can leave log N - N log N / N a hair below 0 for a single symbol.
-    return np.maximum(np.log(N) - _per_count(_nlogn, c).sum(axis=-1) / N, 0.0)
+    return _nonnegative(np.log(N) - _per_count(_nlogn, c).sum(axis=-1) / N)
 
 
 def miller_madow(c: np.ndarray) -> np.ndarray:
@@ -55,23 +73,38 @@ def miller_madow(c: np.ndarray) -> np.ndarray:
     return plugin(c) + (observed - 1) / (2 * N)
 
 
+def _log_ratio(n: np.ndarray) -> np.ndarray:
+    """``log(n / (n - 1))`` = ``-log1p(-1 / n)``, accurate for large n (inf at n = 1)."""
+    with np.errstate(divide="ignore"):
+        return -np.log1p(-1.0 / np.maximum(n, 1.0))
+
+
+def _jackknife_term(n: np.ndarray) -> np.ndarray:
+    # n (n - 1) log(n / (n - 1)), 0 for n <= 1 (a singleton left out leaves no term).
+    return np.where(n > 1, n * (n - 1) * _log_ratio(np.maximum(n, 2.0)), 0.0)
+
+
 def jackknife(c: np.ndarray) -> np.ndarray:
     """Delete-one jackknife (Zahl 1977): N H - (N - 1)/N sum_j H_(-j), in closed form.
 
     Cancels the 1/N bias term; low when much of the mass is unseen. 0 for N = 1.
     """
+    # Leaving out one sample of a symbol seen n times gives the plug-in entropy
+    # H_(-i) = H + log1p(-1/N) - S / (N (N - 1)) + d(n_i) / (N - 1), S = sum n log n,
+    # d(n) = n log n - (n - 1) log(n - 1). Averaged over the N samples and put into
+    # H + (N - 1)(H - mean H_(-j)), the S and log n terms cancel exactly, leaving
+    #     H_JK = H + (N - 1) r(N) - (1/N) sum_i n_i (n_i - 1) r(n_i),
+    # r(n) = log(n / (n - 1)). Written so, nothing cancels catastrophically: the plain
+    # form N H - (N - 1) mean H_(-j) loses every digit for one symbol seen 4e10 times.
+    # For one symbol (n = N) the two correction terms are the same float expression,
+    # so the estimate is exactly 0.
     N = _totals(c)
-    nlogn = _per_count(_nlogn, c)
-    S = nlogn.sum(axis=-1)
-    # Leaving out one sample of a symbol seen n times changes sum n log n by
-    # d(n) = n log n - (n - 1) log(n - 1); the mean leave-one-out plug-in entropy is
-    # log(N - 1) - (N S - sum_i n_i d(n_i)) / (N (N - 1)).
-    d = nlogn - _per_count(lambda n: _nlogn(np.maximum(n - 1, 0)), c)
-    weighted = np.sum(c * d, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        loo = np.log(N - 1) - (N * S - weighted) / (N * (N - 1))
-        estimate = N * (np.log(N) - S / N) - (N - 1) * loo
-    return np.where(N > 1, estimate, 0.0)
+    correction = np.where(N > 1, (N - 1) * _log_ratio(np.maximum(N, 2.0)), 0.0)
+    terms = _per_count(_jackknife_term, c).sum(axis=-1)
+    estimate = plugin(c) + (correction - terms / N)
+    # An entropy is never negative, so neither is its estimate: clipped at 0 (for one
+    # symbol the closed form above is exactly 0 already).
+    return np.where(N > 1, _nonnegative(estimate), 0.0)
 
 
 def _grassberger_nG(n: np.ndarray) -> np.ndarray:
@@ -88,7 +121,10 @@ def grassberger(c: np.ndarray) -> np.ndarray:
     Less biased than Miller-Madow for small counts; still low when mass is unseen.
     """
     N = _totals(c)
-    return np.log(N) - _per_count(_grassberger_nG, c).sum(axis=-1) / N
+    # Eq. 35 can fall below 0 where the entropy is small: one symbol seen twice gives
+    # log 2 - G(2) = -0.036. An entropy is never negative, so the estimate is clipped to
+    # 0, which is nearer the truth than any negative value.
+    return _nonnegative(np.log(N) - _per_count(_grassberger_nG, c).sum(axis=-1) / N)
 
 
 def _observed(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +145,8 @@ def _per_row_count(
 
     None when that table would be larger than the counts themselves.
     """
+    if c.dtype.kind not in "iu":  # float64 counts (totals of 2**53 and more): no table
+        return None
     top = int(c.max())
     if c.shape[0] * (top + 1) > max(c.size, 1 << 16):
         return None
@@ -140,10 +178,12 @@ def chao_shen(c: np.ndarray) -> np.ndarray:
     singletons = np.where(singletons == N, N - 1, singletons)
     coverage = 1 - singletons / N
     terms = _per_row_count(_chao_shen_terms, c, coverage, N)
+    # Every term is -x log x / w with x in (0, 1], w in (0, 1]: non-negative, but the sum
+    # of zeros (one symbol) negates to -0.0, which _nonnegative makes +0.0.
     if terms is not None:
-        return -terms.sum(axis=-1)
+        return _nonnegative(-terms.sum(axis=-1))
     rows, n = _observed(c)
-    return -_row_sums(rows, _chao_shen_terms(n, coverage[rows], N[rows]), c.shape[0])
+    return _nonnegative(-_row_sums(rows, _chao_shen_terms(n, coverage[rows], N[rows]), c.shape[0]))
 
 
 def _shrinkage_terms(n: np.ndarray, lam: np.ndarray, N: np.ndarray, K: int) -> np.ndarray:
@@ -161,7 +201,8 @@ def shrinkage(c: np.ndarray, K: int | None = None) -> np.ndarray:
     c = c.reshape(-1, c.shape[-1])
     N = _totals(c)
     K = c.shape[-1] if K is None else K
-    sum_u2 = np.einsum("ij,ij->i", c, c).astype(np.float64) / N**2
+    # In float64: the int64 square of a count above 3e9 would wrap.
+    sum_u2 = np.einsum("ij,ij->i", c, c, dtype=np.float64) / N**2
     spread = np.maximum(sum_u2 - 1.0 / K, 0.0)  # sum_k (u_k - 1/K)^2 over all K cells
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = (1 - sum_u2) / ((N - 1) * spread)
@@ -173,12 +214,13 @@ def shrinkage(c: np.ndarray, K: int | None = None) -> np.ndarray:
     if terms is not None:
         # Cells beyond the width (an alphabet larger than the counts listed) are unseen.
         beyond = (K - c.shape[-1]) * xlogy(lam / K, lam / K)
-        return -terms.sum(axis=-1) - beyond
+        # A plug-in entropy of a distribution: >= 0 (and +0.0, not -0.0, for one symbol).
+        return _nonnegative(-terms.sum(axis=-1) - beyond)
     rows, n = _observed(c)
     unseen = K - np.bincount(rows, minlength=c.shape[0])
     # Every unseen cell gets the same lambda / K.
     seen = _row_sums(rows, _shrinkage_terms(n, lam[rows], N[rows], K), c.shape[0])
-    return -seen - unseen * xlogy(lam / K, lam / K)
+    return _nonnegative(-seen - unseen * xlogy(lam / K, lam / K))
 
 
 def zhang(c: np.ndarray) -> np.ndarray:
@@ -190,7 +232,8 @@ def zhang(c: np.ndarray) -> np.ndarray:
     # equals psi(N) - psi(n) (Schurmann 2015), which is summed here in closed form.
     N = _totals(c)
     n_psi = _per_count(lambda n: np.where(n > 0, n * psi(np.maximum(n, 1.0)), 0.0), c)
-    return psi(N) - n_psi.sum(axis=-1) / N
+    # A sum of non-negative terms (Zhang's series): only rounding takes it below 0.
+    return _nonnegative(psi(N) - n_psi.sum(axis=-1) / N)
 
 
 def nsb_mean(c: np.ndarray, K: int | None = None) -> np.ndarray:

@@ -8,11 +8,12 @@ import numpy as np
 from scipy.special import logsumexp, ndtri
 
 from .._forms import Labels, Logits, LogProbs
-from ._counts import Counts
+from ._counts import Counts, count_vector
 from ._entropy import (
     _ALLOWED,
     _method_out,
     _shape,
+    check_resamplable,
     choose,
     estimate_rows,
     replicate,
@@ -83,7 +84,7 @@ def _class_counts(data: Any, K: int) -> np.ndarray:
             )
         dense = Counts(alphabet_size=K)
         dense.update(data)
-        return dense.to_array()
+        return count_vector(dense, _NAME)
     c = count_array(data, _NAME)
     if c.shape[-1] != K:
         raise ValueError(
@@ -96,7 +97,7 @@ def _class_counts(data: Any, K: int) -> np.ndarray:
 def _held_out(c: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error of the per-sample loss -log q(x) over counts ``c``."""
     c, log_q = np.broadcast_arrays(c, log_q)
-    N = c.sum(axis=-1).astype(np.float64)
+    N = c.sum(axis=-1, dtype=np.float64)  # int64 would wrap at 2**63
     loss = np.where(c > 0, -log_q, 0.0)  # 0 * inf = 0 where a class was never seen
     mean = np.sum(c * loss, axis=-1) / N
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -243,6 +244,7 @@ def kl_divergence(
     c = c.reshape(-1, K)
     log_q = log_q.reshape(-1, K)
     names = resolve(c, method, True)
+    check_resamplable(c, _NAME)
     held, _ = _held_out(c, log_q)
     entropy_value, _ = estimate_rows(c, names)
     value = held - entropy_value
@@ -259,9 +261,13 @@ def kl_divergence(
     replicas = replicate(c, n_boot, rng, statistic)
     with np.errstate(invalid="ignore"):
         spread = replicas.std(axis=1, ddof=min(1, n_boot - 1))
-    spread = np.where(np.isfinite(value), spread, np.inf)
-    low = value - z * spread
-    high = value + z * spread
+    finite = np.isfinite(value)
+    spread = np.where(finite, spread, np.inf)
+    # An infinite value means a sample the model gives probability 0: then D(P || q) is
+    # +inf for certain (P puts mass there), so the interval is [+inf, +inf], not
+    # inf - inf = NaN.
+    low = np.where(finite, value - z * np.where(finite, spread, 0.0), value)
+    high = np.where(finite, value + z * np.where(finite, spread, 0.0), value)
     scale = 1.0 if log_base is None else 1.0 / log_base
     return Estimate(
         value=_shape(value * scale, batch),

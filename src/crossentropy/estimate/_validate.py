@@ -26,11 +26,19 @@ def _first(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
+# Row totals below this are exact in float64 (and in int64): counts are then int64.
+EXACT_TOTAL = 2**53
+
+
 def count_array(values: Any, name: str = "counts") -> np.ndarray:
-    """``values`` as an int64 array of counts along the last axis, checked.
+    """``values`` as an array of counts along the last axis, checked.
 
     Counts are finite, non-negative whole numbers; there is at least one axis, the last
-    axis is not empty, and every row has at least one sample.
+    axis is not empty, and every row has at least one sample. The result is int64 when
+    every row totals less than 2**53 (every sum of counts is then exact, in int64 and in
+    float64), and float64 otherwise: int64 sums would overflow at 2**63 and uint64 counts
+    above 2**63 - 1 do not fit, while the estimators only need the counts to about 16
+    digits, which float64 keeps (the plug-in entropy of [2**62, 2**62] is still log 2).
     """
     try:
         array = np.asarray(values)
@@ -68,13 +76,16 @@ def count_array(values: Any, name: str = "counts") -> np.ndarray:
             )
         if array.max() > 2.0**53:
             raise ValueError(f"{name} are too large to be exact counts (above 2**53)")
-    array = array.astype(np.int64, copy=False)
-    totals = array.sum(axis=-1)
+    # Summed in float64, a total is exact while below 2**53 and otherwise within a
+    # rounding of the truth: enough to tell which side of 2**53 it lies on.
+    totals = array.sum(axis=-1, dtype=np.float64)
     empty = totals == 0
     if np.any(empty):
         where = f" in row {_first(np.atleast_1d(empty))}" if array.ndim > 1 else ""
         raise ValueError(f"{name} sum to 0{where}: an estimate needs at least one sample")
-    return array
+    if np.max(totals) < EXACT_TOTAL:
+        return array.astype(np.int64, copy=False)
+    return array.astype(np.float64, copy=False)
 
 
 def check_method(method: Any, allowed: tuple[str, ...], name: str = "method") -> str:
