@@ -347,3 +347,14 @@ def test_help_states_the_base_rule(capsys):
         out = " ".join(capsys.readouterr().out.split())
         assert "any finite number > 1" in out, command
         assert "> 0" not in out, command
+
+
+def test_a_module_of_the_package_failing_to_import_is_not_a_missing_extra(monkeypatch):
+    from crossentropy.cli import _measures
+
+    def broken(args):
+        raise ModuleNotFoundError("No module named 'crossentropy.gone'", name="crossentropy.gone")
+
+    monkeypatch.setattr(_measures, "_run", broken)
+    with pytest.raises(ModuleNotFoundError, match=r"crossentropy\.gone"):
+        main(["entropy", "1"])

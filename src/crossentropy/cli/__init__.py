@@ -137,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     importlib.import_module(module)
                 return int(args.run(args) or 0)
             except ImportError as error:
+                if (error.name or "").split(".")[0] == __name__.split(".")[0]:
+                    raise  # a module of this package: a bug, not a missing extra
                 print(_missing(error, command), file=sys.stderr)
                 return 2
             except BrokenPipeError:
