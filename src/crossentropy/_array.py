@@ -26,24 +26,74 @@ def namespace(*values: Any) -> Any:
         return array_api_compat.array_namespace(*arrays)
     except TypeError:
         kinds = ", ".join(sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays}))
-        raise TypeError(
-            f"p and q must come from the same array library, got {kinds}"
-        ) from None
+        raise TypeError(f"p and q must come from the same array library, got {kinds}") from None
 
 
-def as_array(xp: Any, value: Any, *, like: Any | None, floating: bool) -> Any:
+def as_array(xp: Any, value: Any, *, like: Any | None, floating: bool, name: str) -> Any:
     """``value`` as an array of ``xp``, on the device of ``like``.
 
     Python lists and scalars of numbers are taken as probabilities, so integers among
-    them become the namespace's default floating dtype; arrays keep their dtype.
+    them become the namespace's default floating dtype; arrays keep their dtype.  Strings,
+    booleans, complex numbers and ragged nestings raise (NumPy would convert ``"0.5"``
+    silently, or fail with a message about ``inhomogeneous`` shapes).
     """
     if array_api_compat.is_array_api_obj(value):
         return value
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, got the string {value!r}")
     device = array_api_compat.device(like) if like is not None else None
-    array = xp.asarray(value, device=device)
+    try:
+        host = np.asarray(value)
+    except ValueError as error:
+        if "inhomogeneous" in str(error) or "sequence" in str(error):
+            raise ValueError(f"{name} is ragged: its nested sequences differ in length") from None
+        raise
+    if host.dtype.kind not in "iuf":
+        what = _KINDS.get(host.dtype.kind, f"dtype {host.dtype}")
+        if host.dtype.kind == "O" and _all_ints(host):
+            what = "integers too large for int64"
+        raise TypeError(f"{name} must be an array of real numbers, got {what}: {value!r}")
+    array = xp.asarray(host if _is_numpy(xp) else value, device=device)
     if floating and not xp.isdtype(array.dtype, "real floating"):
         array = xp.astype(array, _default_float(xp, device))
     return array
+
+
+_KINDS = {
+    "U": "strings",
+    "S": "bytes",
+    "b": "booleans",
+    "c": "complex numbers",
+    "O": "objects",
+    "M": "datetimes",
+    "m": "timedeltas",
+    "V": "records",
+}
+
+
+def _all_ints(host: np.ndarray) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in host.flat)
+
+
+def _is_numpy(xp: Any) -> bool:
+    return bool(array_api_compat.is_numpy_namespace(xp))
+
+
+def refuse_masked(value: Any, name: str) -> None:
+    """NumPy masked arrays would be read with their masked entries: refuse them."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy masked array, which is not supported (the masked entries "
+            "would be read): pass a plain array, e.g. with the masked classes set to 0 "
+            "probability or -inf logits"
+        )
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool; only ``True``/``False`` (or ``numpy.bool_``) are accepted."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _default_float(xp: Any, device: Any) -> Any:
@@ -73,6 +123,22 @@ def check_base(base: Any) -> float | None:
     value = float(base)
     if not (math.isfinite(value) and value > 0) or value == 1:
         raise ValueError(f"base must be a finite positive number other than 1, got {base!r}")
+    return math.log(value)
+
+
+def check_measure_base(base: Any) -> float | None:
+    """``log(base)`` for the measures, or None for nats: ``base`` must be a number > 1.
+
+    Stricter than :func:`check_base`: a base in (0, 1) has a negative logarithm and would
+    make KL and JS divergences negative, breaking ``D >= 0`` and ``0 <= JS <= 1 bit``.
+    """
+    if base is None:
+        return None
+    if isinstance(base, (bool, np.bool_)) or not isinstance(base, numbers.Real):
+        raise TypeError(f"base must be a number > 1 or None, got {base!r}")
+    value = float(base)
+    if not (math.isfinite(value) and value > 1):
+        raise ValueError(f"base must be a number > 1, got {base!r}")
     return math.log(value)
 
 

@@ -23,10 +23,12 @@ from ._array import (
     as_array,
     broadcast_shapes,
     check_axis,
-    check_base,
+    check_flag,
+    check_measure_base,
     compute_dtype,
     dtype_name,
     namespace,
+    refuse_masked,
 )
 from ._forms import Labels, Logits, LogProbs
 
@@ -56,17 +58,19 @@ class _Distribution:
     """One argument, ready to compute with: event axis last, compute dtype.
 
     ``prob`` and ``logprob`` are derived on first use; ``logprob`` is ``-inf`` exactly
-    where ``prob`` is 0.  For labels, ``values`` holds the class indices (the batch shape)
-    and ``num_classes`` the length of the event axis.
+    where ``prob`` is 0.  For labels, ``values`` holds the class indices (the batch shape,
+    the indexing dtype, 0 where a label is out of range), ``valid`` where the label given
+    lay in ``[0, num_classes)``, and ``num_classes`` the length of the event axis.
     """
 
-    def __init__(self, xp: Any, form: str, values: Any, dtype: Any,
-                 num_classes: int = 0) -> None:
+    def __init__(
+        self, xp: Any, form: str, values: Any, dtype: Any, num_classes: int = 0, valid: Any = None
+    ) -> None:
         self.xp, self.form, self.values, self.dtype = xp, form, values, dtype
-        self.num_classes = num_classes
+        self.num_classes, self.valid = num_classes, valid
 
     def rows(self, mask: Any) -> _Distribution:
-        """The rows where ``mask`` (batch-shaped, NumPy) is true."""
+        """The rows where ``mask`` (batch-shaped, NumPy) is true (probabilities only)."""
         return _Distribution(self.xp, self.form, self.values[mask], self.dtype, self.num_classes)
 
     @cached_property
@@ -125,8 +129,12 @@ def _log_softmax(xp: Any, z: Any) -> Any:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
-def _sum_p_log(kind: _fastpath.Kind, p: _Distribution, q: _Distribution,
-               logs: Callable[[_Distribution, _Distribution], Any]) -> Any:
+def _sum_p_log(
+    kind: _fastpath.Kind,
+    p: _Distribution,
+    q: _Distribution,
+    logs: Callable[[_Distribution, _Distribution], Any],
+) -> Any:
     """``sum_i p_i logs(p, q)_i`` over the last axis, where ``logs`` gives ``log p`` (self;
     ``q`` is then ``p``), ``log q`` (cross) or ``log(p / q)`` (ratio).
 
@@ -180,13 +188,28 @@ def _log_ratio(p: _Distribution, q: _Distribution) -> Any:
 
 
 def _log_q_at_labels(p: _Distribution, q: _Distribution) -> Any:
-    """``log q[y]`` for labels ``y``: a gather instead of a sum over one-hot rows."""
+    """``log q[y]`` for labels ``y``: a gather instead of a sum over one-hot rows; NaN
+    where a label is out of range (only reachable with ``validate=False``)."""
     xp = q.xp
     logq = q.logprob
     batch = np.broadcast_shapes(tuple(p.values.shape), tuple(logq.shape[:-1]))
     y = xp.broadcast_to(p.values, batch)
     logq = xp.broadcast_to(logq, (*batch, logq.shape[-1]))
-    return xp.take_along_axis(logq, xp.expand_dims(y, axis=-1), axis=-1)[..., 0]
+    gathered = xp.take_along_axis(logq, xp.expand_dims(y, axis=-1), axis=-1)[..., 0]
+    return _nan_where_invalid(p, gathered)
+
+
+def _nan_where_invalid(p: _Distribution, rows: Any) -> Any:
+    """``rows`` with NaN where the label ``p`` is out of range; a no-op for other forms.
+
+    An elementwise ``where`` over the batch, not a check: it needs no host
+    synchronisation, so it runs under ``validate=False`` and ``jit`` too.
+    """
+    if p.form != "labels":
+        return rows
+    xp = p.xp
+    valid = xp.broadcast_to(p.valid, tuple(rows.shape))
+    return xp.where(valid, rows, math.nan)
 
 
 def _kl_rows(p: _Distribution, q: _Distribution) -> Any:
@@ -220,7 +243,9 @@ def _unwrap(value: Any, name: str) -> tuple[str, Any]:
             f"{name} cannot be Labels: labels are a point mass on the data side p; "
             "give the model side as probabilities, Logits or LogProbs"
         )
-    return form, value.values if form != "probabilities" else value
+    inner = value.values if form != "probabilities" else value
+    refuse_masked(inner, name)
+    return form, inner
 
 
 def _check_dtype(xp: Any, x: Any, name: str, form: str) -> None:
@@ -250,7 +275,7 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
     xp = namespace(*raw.values())
     like = next((v for v in raw.values() if array_api_compat.is_array_api_obj(v)), None)
     arrays = {
-        name: as_array(xp, v, like=like, floating=forms[name] != "labels")
+        name: as_array(xp, v, like=like, floating=forms[name] != "labels", name=name)
         for name, v in raw.items()
     }
     for name, x in arrays.items():
@@ -266,21 +291,21 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
     for name, x in arrays.items():
         own_axis[name] = axis_index - (ndim - ndims[name])
         if own_axis[name] < 0:
-            raise ValueError(
-                f"axis {axis} is out of range for {name} with shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"axis {axis} is out of range for {name} with shape {tuple(x.shape)}")
     event = {n: arrays[n].shape[own_axis[n]] for n in arrays if forms[n] != "labels"}
     sizes = set(event.values())
     if len(sizes) > 1:
         described = ", ".join(f"{n} has {k}" for n, k in event.items())
-        raise ValueError(f"p and q differ in their number of classes along axis {axis}: "
-                         f"{described}")
+        raise ValueError(
+            f"p and q differ in their number of classes along axis {axis}: {described}"
+        )
     num_classes = sizes.pop() if sizes else 0
     for name, k in event.items():
         if k == 0:
             raise ValueError(f"{name} has an empty event axis (length 0 along axis {axis})")
     batch = {
-        n: tuple(x.shape) if forms[n] == "labels"
+        n: tuple(x.shape)
+        if forms[n] == "labels"
         else tuple(s for i, s in enumerate(x.shape) if i != own_axis[n])
         for n, x in arrays.items()
     }
@@ -304,10 +329,30 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
     dtype = compute_dtype(xp, *floats) if floats else xp.float64
     dists = []
     for name, x in arrays.items():
-        if forms[name] != "labels":
-            x = xp.astype(xp.moveaxis(x, own_axis[name], -1), dtype, copy=False)
+        if forms[name] == "labels":
+            dists.append(_labels(xp, x, dtype, num_classes))
+            continue
+        x = xp.astype(xp.moveaxis(x, own_axis[name], -1), dtype, copy=False)
+        if _is_numpy(xp):
+            # NumPy sums pairwise only along a contiguous axis; along a strided one it
+            # adds term after term (float32 entropy of 70,000 classes was 5e-6 off).
+            x = np.ascontiguousarray(x)
         dists.append(_Distribution(xp, forms[name], x, dtype, num_classes))
     return _Prepared(xp, tuple(dists), axis_index)
+
+
+def _labels(xp: Any, y: Any, dtype: Any, num_classes: int) -> _Distribution:
+    """Labels of any integer dtype as indexing-dtype indices (torch gathers only int64).
+
+    The range is found on the values as given, before the cast could wrap them (a uint64
+    beyond int64); out-of-range labels gather class 0 and their rows are set to NaN.
+    """
+    valid = _checks.label_range(xp, y, num_classes)
+    device = array_api_compat.device(y)
+    index = xp.__array_namespace_info__().default_dtypes(device=device)["indexing"]
+    zero = xp.zeros((), dtype=index, device=device)
+    y = xp.where(valid, xp.astype(y, index, copy=False), zero)
+    return _Distribution(xp, "labels", y, dtype, num_classes, valid)
 
 
 def _finish(prep: _Prepared, rows: Any, base: float | None, keepdims: bool) -> Any:
@@ -325,6 +370,15 @@ def _finish(prep: _Prepared, rows: Any, base: float | None, keepdims: bool) -> A
 # ----------------------------------------------------------------------------- public API
 
 
+def _options(base: Any, keepdims: Any, validate: Any) -> tuple[float | None, bool, bool]:
+    """The shared options checked: ``log(base)`` (None for nats) and the two flags."""
+    return (
+        check_measure_base(base),
+        check_flag(keepdims, "keepdims"),
+        check_flag(validate, "validate"),
+    )
+
+
 def _quiet(function: _F) -> _F:
     """Silence NumPy's warnings for log 0, inf - inf and 0 * inf: every such value is
     either the intended limit or masked out before it reaches a result."""
@@ -337,10 +391,15 @@ def _quiet(function: _F) -> _F:
     return cast(_F, wrapper)
 
 
-
 @_quiet
-def entropy(p: Any, *, axis: int = -1, base: float | None = None, keepdims: bool = False,
-            validate: bool = True) -> Any:
+def entropy(
+    p: Any,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    keepdims: bool = False,
+    validate: bool = True,
+) -> Any:
     r"""Shannon entropy of ``p`` along ``axis``.
 
     .. math:: S(p) = -\sum_i p_i \log p_i
@@ -353,12 +412,14 @@ def entropy(p: Any, *, axis: int = -1, base: float | None = None, keepdims: bool
     axis : int, optional
         The event axis. Default ``-1``.
     base : float, optional
-        Logarithm base: ``None`` for nats, ``2`` for bits.
+        Logarithm base, a real number > 1: ``None`` for nats, ``2`` for bits.
     keepdims : bool, optional
         Keep the event axis with length 1.
     validate : bool, optional
-        Check the data (NaN, negative values, normalisation). ``False`` skips it, for speed
-        and under ``jax.jit``.
+        Check the data (NaN, negative values, normalisation, labels in range). ``False``
+        skips it, for speed and under ``jax.jit``: the formula then runs on the data as
+        given, unchecked, except that a row whose label lies outside ``[0, K)`` comes out
+        NaN (on every backend; never another class's value, never an ``IndexError``).
 
     Returns
     -------
@@ -379,7 +440,7 @@ def entropy(p: Any, *, axis: int = -1, base: float | None = None, keepdims: bool
     >>> float(ce.entropy([1.0, 0.0]))
     0.0
     """
-    log_base = check_base(base)
+    log_base, keepdims, validate = _options(base, keepdims, validate)
     if isinstance(p, Labels):
         return _labels_entropy(p, axis=axis, base=log_base, keepdims=keepdims)
     prep = _prepare({"p": p}, axis, validate)
@@ -388,8 +449,9 @@ def entropy(p: Any, *, axis: int = -1, base: float | None = None, keepdims: bool
 
 def _labels_entropy(p: Labels, *, axis: Any, base: float | None, keepdims: bool) -> Any:
     # A point mass has entropy 0; the number of classes is irrelevant.
+    refuse_masked(p.values, "p")
     xp = namespace(p.values)
-    y = as_array(xp, p.values, like=None, floating=False)
+    y = as_array(xp, p.values, like=None, floating=False, name="p")
     _check_dtype(xp, y, "p", "labels")
     axis_index = check_axis(axis, y.ndim + 1)
     zeros = xp.zeros(y.shape, dtype=_default_float(xp, y), device=array_api_compat.device(y))
@@ -402,8 +464,15 @@ def _default_float(xp: Any, y: Any) -> Any:
 
 
 @_quiet
-def cross_entropy(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
-                  keepdims: bool = False, validate: bool = True) -> Any:
+def cross_entropy(
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    keepdims: bool = False,
+    validate: bool = True,
+) -> Any:
     r"""Cross-entropy of the model ``q`` under the data ``p``.
 
     .. math:: H(p, q) = -\sum_i p_i \log q_i = D(p \,\|\, q) + S(p)
@@ -436,14 +505,21 @@ def cross_entropy(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     >>> float(ce.cross_entropy(ce.Labels(0), ce.Logits([0.0, 0.0])))
     0.6931471805599453
     """
-    log_base = check_base(base)
+    log_base, keepdims, validate = _options(base, keepdims, validate)
     prep = _prepare({"p": p, "q": q}, axis, validate)
     return _finish(prep, _cross_entropy_rows(*prep.dists), log_base, keepdims)
 
 
 @_quiet
-def kl_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
-                  keepdims: bool = False, validate: bool = True) -> Any:
+def kl_divergence(
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    keepdims: bool = False,
+    validate: bool = True,
+) -> Any:
     r"""Kullback-Leibler divergence of the model ``q`` from the data ``p``.
 
     .. math:: D(p \,\|\, q) = \sum_i p_i \log \frac{p_i}{q_i}
@@ -481,14 +557,21 @@ def kl_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     >>> float(ce.kl_divergence([1.0, 0.0], [0.5, 0.5]))  # log 2
     0.6931471805599453
     """
-    log_base = check_base(base)
+    log_base, keepdims, validate = _options(base, keepdims, validate)
     prep = _prepare({"p": p, "q": q}, axis, validate)
     return _finish(prep, _kl_rows(*prep.dists), log_base, keepdims)
 
 
 @_quiet
-def js_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
-                  keepdims: bool = False, validate: bool = True) -> Any:
+def js_divergence(
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    keepdims: bool = False,
+    validate: bool = True,
+) -> Any:
     r"""Jensen-Shannon divergence between ``p`` and ``q``.
 
     .. math:: \mathrm{JS}(p, q) = \tfrac12 D(p \,\|\, m) + \tfrac12 D(q \,\|\, m),
@@ -519,21 +602,61 @@ def js_divergence(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     >>> float(ce.js_divergence([1.0, 0.0], [0.0, 1.0], base=2))
     1.0
     """
-    log_base = check_base(base)
+    log_base, keepdims, validate = _options(base, keepdims, validate)
     prep = _prepare({"p": p, "q": q}, axis, validate)
-    xp = prep.xp
-    dp, dq = prep.dists
-    # _log, not log-space logaddexp: its gradient is NaN where both sides are -inf.
-    m_log = _log(xp, (dp.prob + dq.prob) / 2)
-    js = (_weighted_sum(xp, dp.prob, dp.logprob - m_log)
-          + _weighted_sum(xp, dq.prob, dq.logprob - m_log)) / 2
-    js = xp.clip(js, 0.0, math.log(2.0))
-    return _finish(prep, js, log_base, keepdims)
+    return _finish(prep, _js_rows(*prep.dists), log_base, keepdims)
+
+
+def _js_rows(p: _Distribution, q: _Distribution) -> Any:
+    """``JS(p, q)`` over the last axis, one term per class, without forming ``m``.
+
+    ``m = (p + q) / 2`` underflows: halving a subnormal ``q`` next to ``p = 0`` gives 0,
+    and ``q log(q / 0) = inf`` made nearly identical rows come out at the maximum
+    ``log 2``.  With ``s = p + q`` (0 only where both are) and ``d = (p - q) / s``, the
+    class's term ``p log(p/m) + q log(q/m)`` is
+
+        s/2 * (2 d atanh(d) + log1p(-d^2))          (= s/2 * (d^2 + d^4/6 + ...))
+
+    which is positive and accurate to a few units of rounding however close ``p`` and
+    ``q`` are (summing ``p log(p/m)`` and ``q log(q/m)`` apart cancels to first order in
+    ``p - q``).  Where they are far apart (``|d| > 1/2``, and always where one is 0) there
+    is no cancellation, and ``log m = logaddexp(log p, log q) - log 2`` in log space
+    cannot underflow.  The double ``where`` keeps gradients finite.
+    """
+    xp = p.xp
+    pp, qq, lp, lq = p.prob, q.prob, p.logprob, q.logprob
+    total = pp + qq
+    diff = pp - qq
+    close = (2 * xp.abs(diff) <= total) & (total > 0)  # |d| <= 1/2
+    # d is scale-free: tiny pairs are scaled by 2**100 and the rest of ``close`` divided
+    # by 1, since the derivative of (p - q) / s has a 1 / s that overflows for a subnormal s
+    # (float32 softmax rows hold many) and turned the gradient into NaN.
+    scale = xp.where(close & (total < 2.0**-60), 2.0**100, xp.ones_like(total))
+    scaled_total = total * scale
+    dc = xp.where(close, diff * scale, 0.0) / xp.where(close, scaled_total, 1.0)
+    near = scaled_total / 2 * (2 * dc * xp.atanh(dc) + xp.log1p(-dc * dc)) / scale
+    both_zero = (lp == -math.inf) & (lq == -math.inf)
+    log_m = xp.logaddexp(xp.where(both_zero, 0.0, lp), xp.where(both_zero, 0.0, lq)) - math.log(2.0)
+    far = _weighted(xp, pp, lp - log_m) + _weighted(xp, qq, lq - log_m)
+    js = xp.sum(xp.where(close, near, far), axis=-1) / 2
+    return _nan_where_invalid(p, xp.clip(js, 0.0, math.log(2.0)))
+
+
+def _weighted(xp: Any, w: Any, v: Any) -> Any:
+    """``w * v`` elementwise with ``0 * v = 0`` for any ``v`` (see :func:`_weighted_sum`)."""
+    return w * xp.where((w == 0) & ~xp.isfinite(v), 0.0, v)
 
 
 @_quiet
-def decompose(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
-              keepdims: bool = False, validate: bool = True) -> Decomposition:
+def decompose(
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    keepdims: bool = False,
+    validate: bool = True,
+) -> Decomposition:
     r"""Split the cross-entropy into the data's entropy and the KL divergence.
 
     .. math:: H(p, q) = D(p \,\|\, q) + S(p)
@@ -560,7 +683,7 @@ def decompose(p: Any, q: Any, *, axis: int = -1, base: float | None = None,
     >>> round(float(h), 6), round(float(s), 6), round(float(d), 6)
     (1.203973, 0.693147, 0.510826)
     """
-    log_base = check_base(base)
+    log_base, keepdims, validate = _options(base, keepdims, validate)
     prep = _prepare({"p": p, "q": q}, axis, validate)
     dp, dq = prep.dists
     kl_rows = _kl_rows(dp, dq)
