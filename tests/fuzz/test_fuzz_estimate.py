@@ -22,7 +22,7 @@ def test_counts_merge_matches_counter(a, b):
     ref = collections.Counter(a) + collections.Counter(b)  # 1 == 1.0 == True: one symbol
     merged = ca + cb
     assert dict(merged) == dict(ref)
-    assert merged.total() == sum(ref.values())
+    assert merged.total == sum(ref.values())  # a property, as in the Counts docstring
     assert ca + cb == cb + ca
     assert (ca + cb) + Counts([]) == ca + cb
     assert ca.copy().merge(cb) == merged
