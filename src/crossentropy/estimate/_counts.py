@@ -29,8 +29,10 @@ from ._validate import check_positive_int
 
 __all__ = ["Counts", "counts"]
 
-# 2**24 symbols: a dense table of at most 128 MiB. Larger ids go to the dictionary.
-_DENSE_LIMIT = 1 << 24
+# 2**20 symbols (a vocabulary of a million tokens): a dense table of at most 8 MiB, which
+# one sample near the limit already allocates (and every merge copies). Larger ids go to
+# the dictionary.
+_DENSE_LIMIT = 1 << 20
 # Samples per counting block: 2 MiB of int64, a core's L2 cache here.
 _BLOCK = 1 << 18
 _INT64_MAX = (1 << 63) - 1
@@ -188,7 +190,7 @@ class Counts(Mapping):
             if dense.any():
                 self._add_bincount(np.bincount(array[dense].astype(np.int64)))
                 array = array[~dense]
-            # What is left is negative or at least 2**24: .tolist() gives exact Python
+            # What is left is negative or at least 2**20: .tolist() gives exact Python
             # ints (uint64 above 2**63 - 1 included), already canonical.
             values, numbers_ = np.unique(array, return_counts=True)
             self._add_other(zip(values.tolist(), numbers_.tolist(), strict=True))
