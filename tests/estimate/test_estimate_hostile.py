@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import math
 import random
+from decimal import Decimal
+from fractions import Fraction
 
 import mpmath
 import numpy as np
@@ -134,6 +136,11 @@ def test_one_and_one_point_zero_are_one_symbol():
     assert Counts([(1,), (1.0,)])[(1,)] == 2
     assert Counts([1, 2.5]).symbols() == [1, 2.5]
     assert Counts([1.0]).symbols() == [1]  # a number equal to an integer is that int
+    assert Counts([Fraction(2), 2, Decimal(2), 2 + 0j, Fraction(1, 2), 0.5]) == Counts(
+        [2, 2, 2, 2, 0.5, 0.5]
+    )
+    with pytest.raises(ValueError, match="samples contain NaN"):
+        Counts([Decimal("NaN")])
 
 
 def test_counts_beyond_int64_are_refused():

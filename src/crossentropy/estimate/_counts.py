@@ -61,6 +61,8 @@ def _canonical(symbol: Any) -> Any:
             raise ValueError("samples contain NaN: drop missing values before counting")
         return int(symbol) if symbol.is_integer() else symbol
     if isinstance(symbol, numbers.Number):
+        if symbol != symbol:  # Decimal("NaN"), complex NaN
+            raise ValueError("samples contain NaN: drop missing values before counting")
         try:
             real = symbol.real if symbol.imag == 0 else symbol  # type: ignore[attr-defined]
             whole = int(real)
