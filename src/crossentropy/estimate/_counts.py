@@ -65,7 +65,7 @@ def _canonical(symbol: Any) -> Any:
             raise ValueError("samples contain NaN: drop missing values before counting")
         try:
             real = symbol.real if symbol.imag == 0 else symbol  # type: ignore[attr-defined]
-            whole = int(real)
+            whole = int(real)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError, AttributeError):
             return symbol
         return whole if whole == symbol else symbol
