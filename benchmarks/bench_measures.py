@@ -129,55 +129,107 @@ def numpy_cases(p: np.ndarray, q: np.ndarray, buf: np.ndarray) -> list[Case]:
         Case("sum", "floor", "np.sum(p, axis=-1)", lambda: np.sum(p, axis=-1)),
     ]
     for validate in (True, False):
-        cases.append(Case(f"S_ce_{validate}", "entropy", f"ce.entropy(p, validate={validate})",
-                          lambda v=validate: ce.entropy(p, validate=v), "S_scipy"))
-    cases.append(Case("S_scipy", "entropy", "scipy.stats.entropy(p, axis=-1)",
-                      lambda: scipy.stats.entropy(p, axis=-1)))
+        cases.append(
+            Case(
+                f"S_ce_{validate}",
+                "entropy",
+                f"ce.entropy(p, validate={validate})",
+                lambda v=validate: ce.entropy(p, validate=v),
+                "S_scipy",
+            )
+        )
+    cases.append(
+        Case(
+            "S_scipy",
+            "entropy",
+            "scipy.stats.entropy(p, axis=-1)",
+            lambda: scipy.stats.entropy(p, axis=-1),
+        )
+    )
     for validate in (True, False):
-        cases.append(Case(f"D_ce_{validate}", "KL",
-                          f"ce.kl_divergence(p, q, validate={validate})",
-                          lambda v=validate: ce.kl_divergence(p, q, validate=v), "D_relentr"))
-    cases.append(Case("D_scipy", "KL", "scipy.stats.entropy(p, q, axis=-1)",
-                      lambda: scipy.stats.entropy(p, q, axis=-1), "D_relentr"))
-    cases.append(Case("D_relentr", "KL", "scipy.special.rel_entr(p, q).sum(-1)",
-                      lambda: scipy.special.rel_entr(p, q).sum(-1)))
+        cases.append(
+            Case(
+                f"D_ce_{validate}",
+                "KL",
+                f"ce.kl_divergence(p, q, validate={validate})",
+                lambda v=validate: ce.kl_divergence(p, q, validate=v),
+                "D_relentr",
+            )
+        )
+    cases.append(
+        Case(
+            "D_scipy",
+            "KL",
+            "scipy.stats.entropy(p, q, axis=-1)",
+            lambda: scipy.stats.entropy(p, q, axis=-1),
+            "D_relentr",
+        )
+    )
+    cases.append(
+        Case(
+            "D_relentr",
+            "KL",
+            "scipy.special.rel_entr(p, q).sum(-1)",
+            lambda: scipy.special.rel_entr(p, q).sum(-1),
+        )
+    )
     for validate in (True, False):
-        cases.append(Case(f"H_ce_{validate}", "CE",
-                          f"ce.cross_entropy(p, q, validate={validate})",
-                          lambda v=validate: ce.cross_entropy(p, q, validate=v), "H_xlogy"))
-    cases.append(Case("H_xlogy", "CE", "-scipy.special.xlogy(p, q).sum(-1)",
-                      lambda: -(scipy.special.xlogy(p, q)).sum(-1)))
+        cases.append(
+            Case(
+                f"H_ce_{validate}",
+                "CE",
+                f"ce.cross_entropy(p, q, validate={validate})",
+                lambda v=validate: ce.cross_entropy(p, q, validate=v),
+                "H_xlogy",
+            )
+        )
+    cases.append(
+        Case(
+            "H_xlogy",
+            "CE",
+            "-scipy.special.xlogy(p, q).sum(-1)",
+            lambda: -(scipy.special.xlogy(p, q)).sum(-1),
+        )
+    )
     return cases
 
 
 BASELINE = {"entropy": "S_scipy", "KL": "D_relentr", "CE": "H_xlogy"}
 
 
-def numpy_report(shape: tuple[int, ...], cases: list[Case], lines: list[str],
-                 targets: list[str]) -> None:
+def numpy_report(
+    shape: tuple[int, ...], cases: list[Case], lines: list[str], targets: list[str]
+) -> None:
     by = {c.key: c for c in cases}
     floor = by["log"].median + by["sum"].median
     lines.append(f"#### NumPy float64 {shape}")
     lines.append("")
-    lines.append("| measure | implementation | median ms | min ms | x scipy baseline "
-                 "| x floor | max abs diff vs ref |")
+    lines.append(
+        "| measure | implementation | median ms | min ms | x scipy baseline "
+        "| x floor | max abs diff vs ref |"
+    )
     lines.append("|---|---|---:|---:|---:|---:|---:|")
     for case in cases:
         if case.measure == "floor":
-            lines.append(f"| floor | {case.label} | {ms(case.median)} | {ms(case.best)} "
-                         "| | | |")
+            lines.append(f"| floor | {case.label} | {ms(case.median)} | {ms(case.best)} | | | |")
             continue
         base = by[BASELINE[case.measure]]
         vs_base = "" if case is base else ratio(case.median, base.median)
-        diff = (f"{max_diff(case.result, by[case.reference].result):.1e}"
-                if case.reference else "(ref)")
-        lines.append(f"| {case.measure} | {case.label} | {ms(case.median)} | {ms(case.best)} "
-                     f"| {vs_base} | {ratio(case.median, floor)} | {diff} |")
-    lines.append(f"| floor | log + sum | {ms(floor)} | "
-                 f"{ms(by['log'].best + by['sum'].best)} | | 1.00x | |")
+        diff = (
+            f"{max_diff(case.result, by[case.reference].result):.1e}" if case.reference else "(ref)"
+        )
+        lines.append(
+            f"| {case.measure} | {case.label} | {ms(case.median)} | {ms(case.best)} "
+            f"| {vs_base} | {ratio(case.median, floor)} | {diff} |"
+        )
+    lines.append(
+        f"| floor | log + sum | {ms(floor)} | {ms(by['log'].best + by['sum'].best)} | | 1.00x | |"
+    )
     lines.append("")
-    lines.append("x scipy baseline: entropy vs scipy.stats.entropy(p); "
-                 "KL vs rel_entr(p, q).sum(-1); CE vs -xlogy(p, q).sum(-1).")
+    lines.append(
+        "x scipy baseline: entropy vs scipy.stats.entropy(p); "
+        "KL vs rel_entr(p, q).sum(-1); CE vs -xlogy(p, q).sum(-1)."
+    )
     lines.append("")
 
     def verdict(ok: bool) -> str:
@@ -185,29 +237,35 @@ def numpy_report(shape: tuple[int, ...], cases: list[Case], lines: list[str],
 
     s_on, s_off, s_scipy = by["S_ce_True"], by["S_ce_False"], by["S_scipy"]
     r = s_on.median / s_scipy.median
-    targets.append(f"{verdict(r <= ENTROPY_VS_SCIPY_TARGET)} {shape} entropy validate=True: "
-                   f"{ms(s_on.median)} ms = {r:.2f}x scipy.stats.entropy(p) "
-                   f"({ms(s_scipy.median)} ms); target <= {ENTROPY_VS_SCIPY_TARGET}x")
+    targets.append(
+        f"{verdict(r <= ENTROPY_VS_SCIPY_TARGET)} {shape} entropy validate=True: "
+        f"{ms(s_on.median)} ms = {r:.2f}x scipy.stats.entropy(p) "
+        f"({ms(s_scipy.median)} ms); target <= {ENTROPY_VS_SCIPY_TARGET}x"
+    )
     r = s_off.median / floor
-    targets.append(f"{verdict(r <= ENTROPY_VS_FLOOR_TARGET)} {shape} entropy validate=False: "
-                   f"{ms(s_off.median)} ms = {r:.2f}x floor ({ms(floor)} ms = log "
-                   f"{ms(by['log'].median)} + sum {ms(by['sum'].median)}); "
-                   f"target <= {ENTROPY_VS_FLOOR_TARGET}x")
+    targets.append(
+        f"{verdict(r <= ENTROPY_VS_FLOOR_TARGET)} {shape} entropy validate=False: "
+        f"{ms(s_off.median)} ms = {r:.2f}x floor ({ms(floor)} ms = log "
+        f"{ms(by['log'].median)} + sum {ms(by['sum'].median)}); "
+        f"target <= {ENTROPY_VS_FLOOR_TARGET}x"
+    )
     for measure, refs in (("D", ("D_scipy", "D_relentr")), ("H", ("H_xlogy",))):
         name = "KL" if measure == "D" else "CE"
         for validate in (True, False):
             case = by[f"{measure}_ce_{validate}"]
-            against = ", ".join(f"{ratio(case.median, by[k].median)} {by[k].label}"
-                                for k in refs)
-            targets.append(f"info {shape} {name} validate={validate}: {ms(case.median)} ms = "
-                           f"{against}; {ratio(case.median, floor)} floor")
+            against = ", ".join(f"{ratio(case.median, by[k].median)} {by[k].label}" for k in refs)
+            targets.append(
+                f"info {shape} {name} validate={validate}: {ms(case.median)} ms = "
+                f"{against}; {ratio(case.median, floor)} floor"
+            )
 
 
 # ----------------------------------------------------------------------------- torch
 
 
-def torch_section(shape: tuple[int, ...], repeats: int, warmup: int, seed: int,
-                  lines: list[str]) -> None:
+def torch_section(
+    shape: tuple[int, ...], repeats: int, warmup: int, seed: int, lines: list[str]
+) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -217,42 +275,78 @@ def torch_section(shape: tuple[int, ...], repeats: int, warmup: int, seed: int,
     y = torch.randint(0, shape[-1], shape[:-1])
     cases: list[Case] = []
     for validate in (True, False):
-        cases.append(Case(f"D_ce_{validate}", "KL",
-                          f"ce.kl_divergence(p, Logits(z), validate={validate})",
-                          lambda v=validate: ce.kl_divergence(p, ce.Logits(z), validate=v),
-                          "D_torch"))
-    cases.append(Case("D_torch", "KL",
-                      "F.kl_div(F.log_softmax(z, -1), p, reduction='none').sum(-1)",
-                      lambda: F.kl_div(F.log_softmax(z, dim=-1), p,
-                                       reduction="none").sum(-1)))
+        cases.append(
+            Case(
+                f"D_ce_{validate}",
+                "KL",
+                f"ce.kl_divergence(p, Logits(z), validate={validate})",
+                lambda v=validate: ce.kl_divergence(p, ce.Logits(z), validate=v),
+                "D_torch",
+            )
+        )
+    cases.append(
+        Case(
+            "D_torch",
+            "KL",
+            "F.kl_div(F.log_softmax(z, -1), p, reduction='none').sum(-1)",
+            lambda: F.kl_div(F.log_softmax(z, dim=-1), p, reduction="none").sum(-1),
+        )
+    )
     for validate in (True, False):
-        cases.append(Case(f"H_ce_{validate}", "CE",
-                          f"ce.cross_entropy(Labels(y), Logits(z), validate={validate})",
-                          lambda v=validate: ce.cross_entropy(ce.Labels(y), ce.Logits(z),
-                                                              validate=v),
-                          "H_torch"))
-    cases.append(Case("H_torch", "CE", "F.cross_entropy(z, y, reduction='none')",
-                      lambda: F.cross_entropy(z, y, reduction="none")))
+        cases.append(
+            Case(
+                f"H_ce_{validate}",
+                "CE",
+                f"ce.cross_entropy(Labels(y), Logits(z), validate={validate})",
+                lambda v=validate: ce.cross_entropy(ce.Labels(y), ce.Logits(z), validate=v),
+                "H_torch",
+            )
+        )
+    cases.append(
+        Case(
+            "H_torch",
+            "CE",
+            "F.cross_entropy(z, y, reduction='none')",
+            lambda: F.cross_entropy(z, y, reduction="none"),
+        )
+    )
     for validate in (True, False):
-        cases.append(Case(f"S_ce_{validate}", "entropy", f"ce.entropy(p, validate={validate})",
-                          lambda v=validate: ce.entropy(p, validate=v), "S_torch"))
-    cases.append(Case("S_torch", "entropy", "torch.special.entr(p).sum(-1)",
-                      lambda: torch.special.entr(p).sum(-1)))
+        cases.append(
+            Case(
+                f"S_ce_{validate}",
+                "entropy",
+                f"ce.entropy(p, validate={validate})",
+                lambda v=validate: ce.entropy(p, validate=v),
+                "S_torch",
+            )
+        )
+    cases.append(
+        Case(
+            "S_torch",
+            "entropy",
+            "torch.special.entr(p).sum(-1)",
+            lambda: torch.special.entr(p).sum(-1),
+        )
+    )
     with torch.no_grad():
         run_interleaved(cases, repeats, warmup)
     by = {c.key: c for c in cases}
     lines.append(f"#### torch CPU float32 {shape}, {torch.get_num_threads()} threads")
     lines.append("")
-    lines.append("| measure | implementation | median ms | min ms | x torch baseline "
-                 "| max abs diff vs ref |")
+    lines.append(
+        "| measure | implementation | median ms | min ms | x torch baseline | max abs diff vs ref |"
+    )
     lines.append("|---|---|---:|---:|---:|---:|")
     for case in cases:
         base = by[{"KL": "D_torch", "CE": "H_torch", "entropy": "S_torch"}[case.measure]]
         vs_base = "" if case is base else ratio(case.median, base.median)
-        diff = (f"{max_diff(case.result, by[case.reference].result):.1e}"
-                if case.reference else "(ref)")
-        lines.append(f"| {case.measure} | {case.label} | {ms(case.median)} | {ms(case.best)} "
-                     f"| {vs_base} | {diff} |")
+        diff = (
+            f"{max_diff(case.result, by[case.reference].result):.1e}" if case.reference else "(ref)"
+        )
+        lines.append(
+            f"| {case.measure} | {case.label} | {ms(case.median)} | {ms(case.best)} "
+            f"| {vs_base} | {diff} |"
+        )
     lines.append("")
 
 
@@ -265,18 +359,26 @@ def blas_threads() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return ""
-    pools = sorted({f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info()
-                    if i.get("user_api") == "blas"})
+    pools = sorted(
+        {
+            f"{i['internal_api']} {i['num_threads']} threads"
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        }
+    )
     return f", BLAS: {'; '.join(pools)}" if pools else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: NumPy (1000, 1000) and (10, 100_000), torch (1000, 1000), "
-                             "3 repeats")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds per case (default 7, --quick 3)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: NumPy (1000, 1000) and (10, 100_000), torch (1000, 1000), 3 repeats",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per case (default 7, --quick 3)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="skip the torch section")
@@ -288,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     targets: list[str] = []
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    versions = (f"Python {platform.python_version()}, NumPy {np.__version__}, "
-                f"SciPy {scipy.__version__}")
+    versions = (
+        f"Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}"
+    )
     torch_threads = None
     if not args.no_torch:
         import torch
@@ -300,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(torch_threads)
         versions += f", torch {torch.__version__} ({torch_threads} threads, the default)"
     versions += blas_threads()
-    lines.append(f"Run {now}: {platform.machine()}, {os.cpu_count()} logical CPUs; {versions}; "
-                 f"{repeats} timed rounds per case after {args.warmup} warm-up call(s), "
-                 "cases interleaved; times are medians (and minima) in ms.")
+    lines.append(
+        f"Run {now}: {platform.machine()}, {os.cpu_count()} logical CPUs; {versions}; "
+        f"{repeats} timed rounds per case after {args.warmup} warm-up call(s), "
+        "cases interleaved; times are medians (and minima) in ms."
+    )
     lines.append("")
 
     rng = np.random.default_rng(args.seed)

@@ -73,7 +73,7 @@ def report_pass(p: np.ndarray, y: np.ndarray, *, sample: bool) -> Accumulator:
     acc = Accumulator(p.shape[1], "probs", p.dtype, sample=sample)
     step = default_batch_rows(p.shape[1])
     for start in range(0, len(y), step):
-        acc.update(p[start:start + step], y[start:start + step])
+        acc.update(p[start : start + step], y[start : start + step])
     acc.result(fit=False)
     return acc
 
@@ -110,12 +110,25 @@ def in_memory(rows: int, classes: int, runs: int) -> list[tuple[str, float, floa
     return [
         ("sklearn.metrics.log_loss", wall["sklearn"], cpu["sklearn"], "1 (baseline)"),
         ("NumPy gather-and-log (loss only)", wall["numpy"], cpu["numpy"], ratio("numpy")),
-        ("report single pass (CE, S(D), KL, accuracy, ECE, per-class)", wall["pass"],
-         cpu["pass"], ratio("pass", "<= 0.2")),
-        ("report single pass + temperature reservoir (what the CLI runs)",
-         wall["pass+sample"], cpu["pass+sample"], ratio("pass+sample")),
-        (f"temperature fit ({fit.rows:,}-row sample, {fit.iterations} Newton steps, "
-         f"T = {fit.temperature:.4f})", wall["fit"], cpu["fit"], ratio("fit", "< 1")),
+        (
+            "report single pass (CE, S(D), KL, accuracy, ECE, per-class)",
+            wall["pass"],
+            cpu["pass"],
+            ratio("pass", "<= 0.2"),
+        ),
+        (
+            "report single pass + temperature reservoir (what the CLI runs)",
+            wall["pass+sample"],
+            cpu["pass+sample"],
+            ratio("pass+sample"),
+        ),
+        (
+            f"temperature fit ({fit.rows:,}-row sample, {fit.iterations} Newton steps, "
+            f"T = {fit.temperature:.4f})",
+            wall["fit"],
+            cpu["fit"],
+            ratio("fit", "< 1"),
+        ),
         (f"check: abs(report - sklearn) / sklearn = {abs(ce - ref) / ref:.1e}", 0.0, 0.0, ""),
     ]
 
@@ -132,8 +145,7 @@ def write_parquet(path: str, rows: int, classes: int) -> None:
         for i, start in enumerate(range(0, rows, chunk)):
             p, y = make(min(chunk, rows - start), classes, seed=100 + i)
             arrays = [pa.array(y.astype(np.int64)), *[pa.array(p[:, c]) for c in range(classes)]]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
-                               row_group_size=chunk)
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=chunk)
             del p, y, arrays
     os.replace(tmp, path)
 
@@ -155,8 +167,9 @@ print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "err": proc.stderr.re
 def child_run(path: str, out: str) -> tuple[float, float, dict, float]:
     """Wall seconds, peak RSS (MiB) and CPU seconds of one ``crossentropy report`` child."""
     cmd = [sys.executable, "-m", "crossentropy.cli", "report", path, "--json", out]
-    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True,
-                              text=True, check=True)
+    launched = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, check=True
+    )
     result = json.loads(launched.stdout)
     if result["rc"]:
         raise SystemExit(f"report failed: {result['err']}")
@@ -169,8 +182,11 @@ def parquet(path: str, rows: int, classes: int, runs: int) -> list[tuple[str, fl
     if not os.path.exists(path):
         start = time.perf_counter()
         write_parquet(path, rows, classes)
-        print(f"wrote {path} ({os.path.getsize(path) / 2**30:.2f} GiB) in "
-              f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(
+            f"wrote {path} ({os.path.getsize(path) / 2**30:.2f} GiB) in "
+            f"{time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+        )
     out = path + ".json"
     results = [child_run(path, out) for _ in range(runs)]
     wall = statistics.median(r[0] for r in results)
@@ -179,14 +195,26 @@ def parquet(path: str, rows: int, classes: int, runs: int) -> list[tuple[str, fl
     report = results[-1][2]
     assert report["n"] == rows
     return [
-        (f"report on {rows:,} x {classes} Parquet, end to end (child process)", wall, cpu,
-         f"{rows / wall:,.0f} rows/s wall, {rows / cpu:,.0f} rows/s CPU"),
-        ("  of which reading + single pass (report's own timer)",
-         rows / report["rows_per_second"], 0.0, f"{report['rows_per_second']:,} rows/s wall"),
-        (f"  peak RSS of the child (max of {runs}): {rss:,.0f} MiB; file "
-         f"{os.path.getsize(path) / 2**30:.2f} GiB; raw values {rows * classes * 4 / 2**30:.1f}"
-         f" GiB", 0.0, 0.0, f"T = {report['temperature']:.4f} on {report['temperature_rows']:,} "
-                       "sampled rows"),
+        (
+            f"report on {rows:,} x {classes} Parquet, end to end (child process)",
+            wall,
+            cpu,
+            f"{rows / wall:,.0f} rows/s wall, {rows / cpu:,.0f} rows/s CPU",
+        ),
+        (
+            "  of which reading + single pass (report's own timer)",
+            rows / report["rows_per_second"],
+            0.0,
+            f"{report['rows_per_second']:,} rows/s wall",
+        ),
+        (
+            f"  peak RSS of the child (max of {runs}): {rss:,.0f} MiB; file "
+            f"{os.path.getsize(path) / 2**30:.2f} GiB; raw values {rows * classes * 4 / 2**30:.1f}"
+            f" GiB",
+            0.0,
+            0.0,
+            f"T = {report['temperature']:.4f} on {report['temperature_rows']:,} sampled rows",
+        ),
     ]
 
 
@@ -199,13 +227,17 @@ def main() -> None:
     parser.add_argument("--parquet-runs", type=int, default=3)
     parser.add_argument("--parquet", default="/tmp/ce_report_10M.parquet")
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, NumPy {np.__version__}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, NumPy {np.__version__}"
+    )
     rows = in_memory(args.rows, args.classes, args.runs) if args.rows else []
     if args.parquet_rows:
         rows += parquet(args.parquet, args.parquet_rows, args.classes, args.parquet_runs)
-    print(f"\n| what ({args.rows:,} x {args.classes} float32 in memory; medians of "
-          f"{args.runs} interleaved rounds) | wall s | CPU s | vs sklearn |")
+    print(
+        f"\n| what ({args.rows:,} x {args.classes} float32 in memory; medians of "
+        f"{args.runs} interleaved rounds) | wall s | CPU s | vs sklearn |"
+    )
     print("|---|---:|---:|---|")
     for name, wall, cpu, ratio in rows:
         cells = [f"{wall:.3f}" if wall else "", f"{cpu:.3f}" if cpu else ""]

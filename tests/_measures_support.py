@@ -83,8 +83,9 @@ def to_f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def random_simplex(rng: np.random.Generator, shape, *, zeros: float = 0.0,
-                   concentration: float = 1.0) -> np.ndarray:
+def random_simplex(
+    rng: np.random.Generator, shape, *, zeros: float = 0.0, concentration: float = 1.0
+) -> np.ndarray:
     """Dirichlet rows along the last axis; a fraction ``zeros`` of entries exactly 0."""
     p = rng.gamma(concentration, size=shape)
     if zeros:

@@ -34,21 +34,28 @@ def _calls(p, q, y):
     }
 
 
-EXPECTED_OUT = {"float64": "float64", "float32": "float32", "float16": "float32",
-                "bfloat16": "float32"}
+EXPECTED_OUT = {
+    "float64": "float64",
+    "float32": "float32",
+    "float16": "float32",
+    "bfloat16": "float32",
+}
 
 
 # ----------------------------------------------------------------------------- imports
 
 
 def test_import_does_not_import_torch_or_jax():
-    code = ("import sys, crossentropy as ce, numpy as np\n"
-            "ce.decompose(np.array([0.5, 0.5]), ce.Logits(np.array([0.0, 1.0])))\n"
-            "ce.cross_entropy(ce.Labels(0), [0.5, 0.5])\n"
-            "bad = sorted(m for m in ('torch', 'jax', 'cupy') if m in sys.modules)\n"
-            "assert not bad, bad\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys, crossentropy as ce, numpy as np\n"
+        "ce.decompose(np.array([0.5, 0.5]), ce.Logits(np.array([0.0, 1.0])))\n"
+        "ce.cross_entropy(ce.Labels(0), [0.5, 0.5])\n"
+        "bad = sorted(m for m in ('torch', 'jax', 'cupy') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -107,12 +114,16 @@ def test_torch_cuda_device_is_kept():
 def test_torch_agrees_with_numpy():
     torch = pytest.importorskip("torch")
     pn, qn, yn = np.asarray(P), np.asarray(Q), np.asarray(Y)
-    pt, qt, yt = torch.tensor(P, dtype=torch.float64), torch.tensor(Q, dtype=torch.float64), \
-        torch.tensor(Y)
+    pt, qt, yt = (
+        torch.tensor(P, dtype=torch.float64),
+        torch.tensor(Q, dtype=torch.float64),
+        torch.tensor(Y),
+    )
     numpy_calls, torch_calls = _calls(pn, qn, yn), _calls(pt, qt, yt)
     for name in numpy_calls:
-        np.testing.assert_allclose(torch_calls[name]().numpy(), numpy_calls[name](),
-                                   rtol=1e-14, atol=1e-16, err_msg=name)
+        np.testing.assert_allclose(
+            torch_calls[name]().numpy(), numpy_calls[name](), rtol=1e-14, atol=1e-16, err_msg=name
+        )
 
 
 # ----------------------------------------------------------------------------- jax
@@ -145,9 +156,9 @@ def test_jax_float64_stays_float64_and_agrees_with_numpy(jax):
         for got, want in zip((h, s, d), expected, strict=True):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14, atol=1e-16)
         js = jax.jit(lambda y, q: ce.js_divergence(ce.Labels(y), q, validate=False))(y, q)
-        np.testing.assert_allclose(np.asarray(js),
-                                   ce.js_divergence(ce.Labels(np.asarray(Y)), np.asarray(Q)),
-                                   rtol=1e-14)
+        np.testing.assert_allclose(
+            np.asarray(js), ce.js_divergence(ce.Labels(np.asarray(Y)), np.asarray(Q)), rtol=1e-14
+        )
 
 
 def test_jax_jit_with_validate_false_matches_eager(jax):
@@ -158,24 +169,28 @@ def test_jax_jit_with_validate_false_matches_eager(jax):
 
     @jax.jit
     def all_measures(p, z, y):
-        return jnp.stack([
-            ce.entropy(p, validate=False),
-            ce.cross_entropy(p, ce.Logits(z), validate=False),
-            ce.kl_divergence(p, ce.Logits(z), validate=False, base=2),
-            ce.js_divergence(p, ce.Logits(z), validate=False),
-            ce.cross_entropy(ce.Labels(y), ce.Logits(z), validate=False),
-        ])
+        return jnp.stack(
+            [
+                ce.entropy(p, validate=False),
+                ce.cross_entropy(p, ce.Logits(z), validate=False),
+                ce.kl_divergence(p, ce.Logits(z), validate=False, base=2),
+                ce.js_divergence(p, ce.Logits(z), validate=False),
+                ce.cross_entropy(ce.Labels(y), ce.Logits(z), validate=False),
+            ]
+        )
 
     jitted = np.asarray(all_measures(p, z, y))
     # Reference: the same measures on NumPy float32 (a different code path).
     pn, zn = np.asarray(P, dtype=np.float32), np.asarray(z)
-    expected = np.stack([
-        ce.entropy(pn),
-        ce.cross_entropy(pn, ce.Logits(zn)),
-        ce.kl_divergence(pn, ce.Logits(zn), base=2),
-        ce.js_divergence(pn, ce.Logits(zn)),
-        ce.cross_entropy(ce.Labels(np.asarray(Y)), ce.Logits(zn)),
-    ])
+    expected = np.stack(
+        [
+            ce.entropy(pn),
+            ce.cross_entropy(pn, ce.Logits(zn)),
+            ce.kl_divergence(pn, ce.Logits(zn), base=2),
+            ce.js_divergence(pn, ce.Logits(zn)),
+            ce.cross_entropy(ce.Labels(np.asarray(Y)), ce.Logits(zn)),
+        ]
+    )
     np.testing.assert_allclose(jitted, expected, rtol=2e-6, atol=1e-7)
     # Row 0 puts mass 0.0 on the masked class: finite. Hand check of one value:
     # H(labels 0, z row 0) = -log_softmax(z)[0] = log(1 + e + e^2).
@@ -187,14 +202,18 @@ def test_jax_jit_with_validation_on_does_not_fail(jax):
     # (as validate=False would) rather than raising a ConcretizationTypeError.
     jnp = jax.numpy
     out = jax.jit(lambda p: ce.entropy(p))(jnp.asarray(P, dtype=jnp.float32))
-    np.testing.assert_allclose(np.asarray(out), ce.entropy(np.asarray(P, dtype=np.float32)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out), ce.entropy(np.asarray(P, dtype=np.float32)), rtol=1e-6
+    )
 
 
 def test_jax_validation_eager(jax):
     jnp = jax.numpy
-    with pytest.raises(ValueError, match=r"p does not sum to 1 along axis -1: the sum is "
-                                         r"1\.10000002 in row \(1,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"p does not sum to 1 along axis -1: the sum is "
+        r"1\.10000002 in row \(1,\)",
+    ):
         ce.entropy(jnp.asarray([[0.5, 0.5], [0.2, 0.9]]))
 
 
@@ -209,5 +228,6 @@ def test_cupy_if_present():
         pytest.skip(f"cupy unusable: {error}")
     out = ce.kl_divergence(p, cp.asarray(Q))
     assert isinstance(out, cp.ndarray)
-    np.testing.assert_allclose(cp.asnumpy(out), ce.kl_divergence(np.asarray(P), np.asarray(Q)),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        cp.asnumpy(out), ce.kl_divergence(np.asarray(P), np.asarray(Q)), rtol=1e-14
+    )

@@ -100,8 +100,7 @@ def test_p_positive_where_q_zero_is_inf(backend):
     # JS stays finite: the mixture covers both. Row 0: hand derivation with m = (3/4, 1/4):
     # 1/2 [1/2 log(2/3) + 1/2 log 2] + 1/2 [log(4/3)]; row 1: disjoint supports -> log 2.
     js0 = 0.5 * (0.5 * math.log(2 / 3) + 0.5 * math.log(2)) + 0.5 * math.log(4 / 3)
-    np.testing.assert_allclose(val(ce.js_divergence(p, q)), [js0, LOG2],
-                               rtol=rtol_for(backend))
+    np.testing.assert_allclose(val(ce.js_divergence(p, q)), [js0, LOG2], rtol=rtol_for(backend))
 
 
 def test_subnormal_q_does_not_overflow_the_ratio():
@@ -111,8 +110,7 @@ def test_subnormal_q_does_not_overflow_the_ratio():
     q = np.array([1.0, 5e-324])
     expected = 0.5 * math.log(0.5 / 1.0) + 0.5 * (math.log(0.5) - math.log(5e-324))
     assert ce.kl_divergence(p, q) == pytest.approx(expected, rel=1e-14)
-    assert ce.kl_divergence(p, q) == pytest.approx(scipy.special.rel_entr(p, q).sum(),
-                                                   rel=1e-14)
+    assert ce.kl_divergence(p, q) == pytest.approx(scipy.special.rel_entr(p, q).sum(), rel=1e-14)
     assert ce.cross_entropy(p, q) == pytest.approx(-0.5 * math.log(5e-324), rel=1e-14)
 
 
@@ -123,8 +121,7 @@ def test_kl_never_negative_where_h_minus_s_is():
     z = rng.normal(size=(2000, 7)) * 10
     p = scipy.special.softmax(z, axis=-1)
     d = ce.kl_divergence(p, ce.Logits(z), validate=False)
-    h_minus_s = ce.cross_entropy(p, ce.Logits(z), validate=False) - ce.entropy(p,
-                                                                             validate=False)
+    h_minus_s = ce.cross_entropy(p, ce.Logits(z), validate=False) - ce.entropy(p, validate=False)
     assert (h_minus_s < 0).any()  # the trap exists on these inputs
     assert (d >= 0).all()
     assert np.max(d) < 1e-13
@@ -137,12 +134,18 @@ def test_certain_outcome_has_entropy_positive_zero(backend):
 
 
 _QUIET_CASES = {
-    "zeros": (np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]]),
-              np.array([[0.5, 0.0, 0.5], [0.2, 0.0, 0.8]])),
-    "zeros-float32": (np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float32),
-                      np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float32)),
-    "zeros-float16": (np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float16),
-                      np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float16)),
+    "zeros": (
+        np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]]),
+        np.array([[0.5, 0.0, 0.5], [0.2, 0.0, 0.8]]),
+    ),
+    "zeros-float32": (
+        np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float32),
+        np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float32),
+    ),
+    "zeros-float16": (
+        np.array([[0.5, 0.5, 0], [0, 0, 1]], np.float16),
+        np.array([[0.5, 0, 0.5], [0, 0, 1]], np.float16),
+    ),
     "subnormal-q": (np.array([0.5, 0.5]), np.array([1.0, 5e-324])),
     "subnormal-q-float32": (np.array([0.5, 0.5], np.float32), np.array([1, 1e-45], np.float32)),
     "masked-logits": (np.array([0.5, 0.5, 0.0]), ce.Logits(np.array([0.0, 0.0, -INF]))),
@@ -173,8 +176,13 @@ def test_numpy_edges_emit_no_runtime_warnings(case):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_class_distributions(backend):
     p = arr(backend, [[1.0], [1.0]])
-    for value in (ce.entropy(p), ce.cross_entropy(p, p), ce.kl_divergence(p, p),
-                  ce.js_divergence(p, p), *ce.decompose(p, p)):
+    for value in (
+        ce.entropy(p),
+        ce.cross_entropy(p, p),
+        ce.kl_divergence(p, p),
+        ce.js_divergence(p, p),
+        *ce.decompose(p, p),
+    ):
         np.testing.assert_array_equal(val(value), [0.0, 0.0])
     z = arr(backend, [[5.0], [-300.0]])
     np.testing.assert_array_equal(val(ce.entropy(ce.Logits(z))), [0.0, 0.0])
@@ -195,8 +203,9 @@ def test_neg_inf_logits_where_p_is_zero(backend):
     assert val(ce.cross_entropy(p, ce.Logits(z))) == pytest.approx(LOG2, rel=r)
     assert val(ce.entropy(ce.Logits(z))) == pytest.approx(LOG2, rel=r)
     assert val(ce.js_divergence(p, ce.Logits(z))) == 0.0
-    assert val(ce.cross_entropy(ce.Labels(ints(backend, 1)), ce.Logits(z))) == \
-        pytest.approx(LOG2, rel=r)
+    assert val(ce.cross_entropy(ce.Labels(ints(backend, 1)), ce.Logits(z))) == pytest.approx(
+        LOG2, rel=r
+    )
     # A masked class that the data does take: +inf.
     assert val(ce.cross_entropy(ce.Labels(ints(backend, 2)), ce.Logits(z))) == INF
     assert val(ce.kl_divergence(arr(backend, [0.5, 0.0, 0.5]), ce.Logits(z))) == INF
@@ -215,20 +224,26 @@ def test_neg_inf_log_probs_where_p_is_zero(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_extreme_logits(backend):
-    z = arr(backend, [[1000.0, -1000.0], [1000.0, 1000.0], [-1000.0, -1000.0],
-                      [1000.0, -INF]])
+    z = arr(backend, [[1000.0, -1000.0], [1000.0, 1000.0], [-1000.0, -1000.0], [1000.0, -INF]])
     y = ints(backend, [1, 0, 1, 0])
     # Hand derivation: log_softmax([1000, -1000]) = (-log(1 + e^-2000), -2000 - ...) =
     # (0, -2000) in float64; equal logits -> (-log 2, -log 2) whatever their size.
-    np.testing.assert_allclose(val(ce.cross_entropy(ce.Labels(y), ce.Logits(z))),
-                               [2000.0, LOG2, LOG2, 0.0], rtol=rtol_for(backend))
-    np.testing.assert_allclose(val(ce.entropy(ce.Logits(z))), [0.0, LOG2, LOG2, 0.0],
-                               rtol=rtol_for(backend), atol=1e-300)
+    np.testing.assert_allclose(
+        val(ce.cross_entropy(ce.Labels(y), ce.Logits(z))),
+        [2000.0, LOG2, LOG2, 0.0],
+        rtol=rtol_for(backend),
+    )
+    np.testing.assert_allclose(
+        val(ce.entropy(ce.Logits(z))), [0.0, LOG2, LOG2, 0.0], rtol=rtol_for(backend), atol=1e-300
+    )
     p = arr(backend, [[0.5, 0.5]] * 4)
     # D(u || softmax z) = -log 2 - 1/2 sum log_softmax(z): 999.3069, 0, 0, inf.
-    np.testing.assert_allclose(val(ce.kl_divergence(p, ce.Logits(z))),
-                               [1000 - LOG2, 0.0, 0.0, INF], rtol=rtol_for(backend),
-                               atol=1e-6 if backend == "jax" else 1e-13)
+    np.testing.assert_allclose(
+        val(ce.kl_divergence(p, ce.Logits(z))),
+        [1000 - LOG2, 0.0, 0.0, INF],
+        rtol=rtol_for(backend),
+        atol=1e-6 if backend == "jax" else 1e-13,
+    )
 
 
 def test_extreme_logits_match_torch_cross_entropy():
@@ -236,21 +251,25 @@ def test_extreme_logits_match_torch_cross_entropy():
     z = torch.tensor([[1000.0, -1000.0, 3.0], [-1000.0, -999.0, -1001.0]], dtype=torch.float64)
     y = torch.tensor([1, 2])
     expected = torch.nn.functional.cross_entropy(z, y, reduction="none").numpy()
-    np.testing.assert_allclose(val(ce.cross_entropy(ce.Labels(y), ce.Logits(z))), expected,
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        val(ce.cross_entropy(ce.Labels(y), ce.Logits(z))), expected, rtol=1e-14
+    )
 
 
 # ----------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize(("backend", "dtype"), [
-    ("numpy", "float64"),
-    # float32 rows are summed pairwise (a plain float32 dot product gave 13.81420 for
-    # log 1e6 = 13.81551; scipy.special.entr(p).sum() in float32 gives 13.815512).
-    ("numpy", "float32"),
-    ("torch", "float64"),
-    ("torch", "float32"),
-])
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [
+        ("numpy", "float64"),
+        # float32 rows are summed pairwise (a plain float32 dot product gave 13.81420 for
+        # log 1e6 = 13.81551; scipy.special.entr(p).sum() in float32 gives 13.815512).
+        ("numpy", "float32"),
+        ("torch", "float64"),
+        ("torch", "float32"),
+    ],
+)
 def test_huge_event_axis(backend, dtype):
     k = 1_000_000
     rng = np.random.default_rng(0)
@@ -277,24 +296,37 @@ def test_odd_shape(backend):
         pn = p64 / p64.sum(axis, keepdims=True)
         qn = q64 / q64.sum(axis, keepdims=True)
         p, q = arr(backend, pn), arr(backend, qn)
-        np.testing.assert_allclose(val(ce.entropy(p, axis=axis)),
-                                   scipy.stats.entropy(pn, axis=axis), rtol=1e-12)
-        np.testing.assert_allclose(val(ce.kl_divergence(p, q, axis=axis)),
-                                   scipy.stats.entropy(pn, qn, axis=axis), rtol=1e-12,
-                                   atol=1e-14)
-        assert tuple(ce.cross_entropy(p, q, axis=axis).shape) == \
-            tuple(np.delete(p64.shape, axis % 3))
+        np.testing.assert_allclose(
+            val(ce.entropy(p, axis=axis)), scipy.stats.entropy(pn, axis=axis), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            val(ce.kl_divergence(p, q, axis=axis)),
+            scipy.stats.entropy(pn, qn, axis=axis),
+            rtol=1e-12,
+            atol=1e-14,
+        )
+        assert tuple(ce.cross_entropy(p, q, axis=axis).shape) == tuple(
+            np.delete(p64.shape, axis % 3)
+        )
 
 
-@pytest.mark.parametrize("backend", [
-    "numpy",
-    "torch",
-    "jax",
-])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "numpy",
+        "torch",
+        "jax",
+    ],
+)
 def test_empty_batch(backend):
     p = arr(backend, np.zeros((0, 4)))
-    for result in (ce.entropy(p), ce.cross_entropy(p, p), ce.kl_divergence(p, p),
-                   ce.js_divergence(p, p), *ce.decompose(p, p)):
+    for result in (
+        ce.entropy(p),
+        ce.cross_entropy(p, p),
+        ce.kl_divergence(p, p),
+        ce.js_divergence(p, p),
+        *ce.decompose(p, p),
+    ):
         assert tuple(result.shape) == (0,)
     assert tuple(ce.entropy(arr(backend, np.zeros((2, 0, 3)))).shape) == (2, 0)
     assert tuple(ce.kl_divergence(p, p, keepdims=True).shape) == (0, 1)
@@ -332,9 +364,11 @@ def test_labels_with_probabilities_and_logits(backend):
     np.testing.assert_allclose(val(h), [LOG2, LOG4], rtol=r)
     np.testing.assert_array_equal(val(ce.entropy(ce.Labels(y))), [0.0, 0.0])
     z = arr(backend, [[0.0, 0.0], [0.0, math.log(3.0)]])  # softmax: (1/2,1/2), (1/4,3/4)
-    np.testing.assert_allclose(val(ce.cross_entropy(ce.Labels(ints(backend, [1, 1])),
-                                                     ce.Logits(z))),
-                               [LOG2, math.log(4 / 3)], rtol=max(r, 1e-15))
+    np.testing.assert_allclose(
+        val(ce.cross_entropy(ce.Labels(ints(backend, [1, 1])), ce.Logits(z))),
+        [LOG2, math.log(4 / 3)],
+        rtol=max(r, 1e-15),
+    )
     # Labels broadcast against a batch of q like the batch shape.
     assert tuple(ce.cross_entropy(ce.Labels(ints(backend, [1])), q).shape) == (2,)
 
@@ -360,8 +394,11 @@ def test_labels_are_a_point_mass_matching_one_hot():
     for f in (ce.cross_entropy, ce.kl_divergence, ce.js_divergence):
         np.testing.assert_allclose(f(ce.Labels(y), q), f(onehot, q), rtol=1e-14)
     # axis: labels lack the event axis; axis names it in q.
-    np.testing.assert_allclose(ce.cross_entropy(ce.Labels(y), np.moveaxis(q, -1, 1), axis=1),
-                               ce.cross_entropy(onehot, q), rtol=1e-14)
+    np.testing.assert_allclose(
+        ce.cross_entropy(ce.Labels(y), np.moveaxis(q, -1, 1), axis=1),
+        ce.cross_entropy(onehot, q),
+        rtol=1e-14,
+    )
 
 
 def test_python_lists_and_scalars():
@@ -372,8 +409,9 @@ def test_python_lists_and_scalars():
     assert ce.kl_divergence([1, 0], [0.5, 0.5]) == pytest.approx(LOG2, rel=1e-15)
     assert ce.cross_entropy(ce.Labels(0), [0.5, 0.5]) == pytest.approx(LOG2, rel=1e-15)
     assert ce.cross_entropy(ce.Labels(1), ce.Logits([0, 0])) == pytest.approx(LOG2, rel=1e-15)
-    np.testing.assert_allclose(ce.cross_entropy(ce.Labels([0, 1]), [[0.5, 0.5], [0.75, 0.25]]),
-                               [LOG2, LOG4], rtol=1e-15)
+    np.testing.assert_allclose(
+        ce.cross_entropy(ce.Labels([0, 1]), [[0.5, 0.5], [0.75, 0.25]]), [LOG2, LOG4], rtol=1e-15
+    )
     # A list against an array takes the array's library.
     torch = pytest.importorskip("torch")
     out = ce.kl_divergence([0.5, 0.5], torch.tensor([0.5, 0.5], dtype=torch.float64))
@@ -389,8 +427,11 @@ def test_keepdims_and_axes(backend):
         p = arr(backend, pn)
         kept = ce.entropy(p, axis=axis, keepdims=True)
         assert tuple(kept.shape) == np.sum(pn, axis=axis, keepdims=True).shape
-        np.testing.assert_allclose(val(kept), scipy.stats.entropy(pn, axis=axis)[
-            (slice(None),) * (axis % 3) + (None,)], rtol=rtol_for(backend))
+        np.testing.assert_allclose(
+            val(kept),
+            scipy.stats.entropy(pn, axis=axis)[(slice(None),) * (axis % 3) + (None,)],
+            rtol=rtol_for(backend),
+        )
         h, _s, d = ce.decompose(p, p, axis=axis, keepdims=True)
         assert tuple(h.shape) == tuple(kept.shape) == tuple(d.shape)
     # keepdims on a single distribution.
@@ -421,33 +462,55 @@ def test_keepdims_with_broadcasting_and_labels():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize(("pd", "qd", "expected"), [
-    ("float32", "float64", "float64"),
-    ("float64", "float32", "float64"),
-    ("float16", "float32", "float32"),
-    ("float16", "float16", "float32"),
-    ("float16", "float64", "float64"),
-    ("float32", "float32", "float32"),
-])
+@pytest.mark.parametrize(
+    ("pd", "qd", "expected"),
+    [
+        ("float32", "float64", "float64"),
+        ("float64", "float32", "float64"),
+        ("float16", "float32", "float32"),
+        ("float16", "float16", "float32"),
+        ("float16", "float64", "float64"),
+        ("float32", "float32", "float32"),
+    ],
+)
 def test_mixed_dtypes_promote(backend, pd, qd, expected):
     p = arr(backend, [0.5, 0.25, 0.25], pd)
     q = arr(backend, [0.25, 0.25, 0.5], qd)
-    for result in (ce.cross_entropy(p, q), ce.kl_divergence(p, q), ce.js_divergence(p, q),
-                   *ce.decompose(p, q), ce.decompose(p, ce.Logits(q)).kl_divergence):
+    for result in (
+        ce.cross_entropy(p, q),
+        ce.kl_divergence(p, q),
+        ce.js_divergence(p, q),
+        *ce.decompose(p, q),
+        ce.decompose(p, ce.Logits(q)).kl_divergence,
+    ):
         assert str(result.dtype).endswith(expected), (result.dtype, expected)
 
 
-@pytest.mark.parametrize(("backend", "dtype"), [("numpy", "float16"), ("torch", "float16"),
-                                                ("torch", "bfloat16"), ("jax", "float16"),
-                                                ("jax", "bfloat16")])
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [
+        ("numpy", "float16"),
+        ("torch", "float16"),
+        ("torch", "bfloat16"),
+        ("jax", "float16"),
+        ("jax", "bfloat16"),
+    ],
+)
 def test_half_precision_returns_float32(backend, dtype):
     p = arr(backend, [[0.5, 0.25, 0.25]], dtype)
     q = arr(backend, [[0.25, 0.25, 0.5]], dtype)
     y = ints(backend, [0])
-    results = [ce.entropy(p), ce.cross_entropy(p, q), ce.kl_divergence(p, q),
-               ce.js_divergence(p, q), *ce.decompose(p, q), ce.entropy(ce.Logits(q)),
-               ce.cross_entropy(ce.Labels(y), ce.Logits(q)), ce.cross_entropy(ce.Labels(y), q),
-               ce.kl_divergence(ce.Labels(y), ce.Logits(q))]
+    results = [
+        ce.entropy(p),
+        ce.cross_entropy(p, q),
+        ce.kl_divergence(p, q),
+        ce.js_divergence(p, q),
+        *ce.decompose(p, q),
+        ce.entropy(ce.Logits(q)),
+        ce.cross_entropy(ce.Labels(y), ce.Logits(q)),
+        ce.cross_entropy(ce.Labels(y), q),
+        ce.kl_divergence(ce.Labels(y), ce.Logits(q)),
+    ]
     for r in results:
         assert str(r.dtype).endswith("float32"), r.dtype
     # Values exact in any of these dtypes: 1.5 bits and 0.25 bits (hand derivation).
@@ -455,12 +518,15 @@ def test_half_precision_returns_float32(backend, dtype):
     assert val(ce.kl_divergence(p, q, base=2)) == pytest.approx([0.25], rel=1e-6)
 
 
-@pytest.mark.parametrize(("backend", "measure"), [
-    ("numpy", "cross_entropy"),
-    ("numpy", "kl_divergence"),
-    ("numpy", "js_divergence"),
-    *[("torch", m) for m in ("cross_entropy", "kl_divergence", "js_divergence")],
-])
+@pytest.mark.parametrize(
+    ("backend", "measure"),
+    [
+        ("numpy", "cross_entropy"),
+        ("numpy", "kl_divergence"),
+        ("numpy", "js_divergence"),
+        *[("torch", m) for m in ("cross_entropy", "kl_divergence", "js_divergence")],
+    ],
+)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_labels_keep_the_dtype_of_q(backend, measure, dtype):
     # Labels carry no floating dtype: the result is q's (float32 for half q).

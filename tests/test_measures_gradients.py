@@ -61,13 +61,16 @@ def test_gradcheck_entropy(form, kw):
         probs = probs.T.contiguous()
     x = _leaf(form, probs)
     assert torch.autograd.gradcheck(
-        lambda t: ce.entropy(_wrap(form, t), validate=False, **kw), (x,))
+        lambda t: ce.entropy(_wrap(form, t), validate=False, **kw), (x,)
+    )
 
 
 # Every pair of forms for KL; a spread of them for the others (gradcheck is not cheap).
 PQ_CASES = [("kl_divergence", a, b) for a in FORMS for b in FORMS] + [
-    (m, a, b) for m in ("cross_entropy", "js_divergence", "decompose")
-    for a, b in (("probs", "probs"), ("probs", "logits"), ("logprobs", "logits"))]
+    (m, a, b)
+    for m in ("cross_entropy", "js_divergence", "decompose")
+    for a, b in (("probs", "probs"), ("probs", "logits"), ("logprobs", "logits"))
+]
 
 
 @pytest.mark.parametrize(("measure", "p_form", "q_form"), PQ_CASES)
@@ -77,7 +80,8 @@ def test_gradcheck_pq(measure, p_form, q_form):
     p = _leaf(p_form, _simplex(gen, (2, 4)))
     q = _leaf(q_form, _simplex(gen, (2, 4)))
     assert torch.autograd.gradcheck(
-        lambda a, b: f(_wrap(p_form, a), _wrap(q_form, b), validate=False), (p, q))
+        lambda a, b: f(_wrap(p_form, a), _wrap(q_form, b), validate=False), (p, q)
+    )
 
 
 @pytest.mark.parametrize("measure", list(PQ_MEASURES))
@@ -111,8 +115,7 @@ def test_kl_gradient_wrt_logits_is_softmax_minus_p(measure):
 
 
 def test_kl_gradient_wrt_logits_with_masked_classes():
-    z = torch.tensor([[0.0, 1.0, -INF, 2.0], [-INF, -INF, 5.0, 0.0]], dtype=F64,
-                     requires_grad=True)
+    z = torch.tensor([[0.0, 1.0, -INF, 2.0], [-INF, -INF, 5.0, 0.0]], dtype=F64, requires_grad=True)
     p = torch.tensor([[0.25, 0.25, 0.0, 0.5], [0.0, 0.0, 0.5, 0.5]], dtype=F64)
     d = ce.kl_divergence(p, ce.Logits(z))
     assert torch.isfinite(d).all()
@@ -149,7 +152,7 @@ def test_kl_gradient_through_half_precision_logits():
     d.sum().backward()
     assert z.grad.dtype == torch.bfloat16
     expected = torch.softmax(z.detach().double(), -1) - p.double()
-    torch.testing.assert_close(z.grad.double(), expected, rtol=0, atol=2 ** -8)
+    torch.testing.assert_close(z.grad.double(), expected, rtol=0, atol=2**-8)
 
 
 # ----------------------------------------------------------------------------- finiteness
@@ -167,8 +170,9 @@ Q = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.0, 0.5, 0.0]], dtype=F64)
 MASKED_Z = torch.tensor([[0.0, 1.0, -INF, -INF], [2.0, -INF, 0.0, -INF]], dtype=F64)
 
 
-@pytest.mark.parametrize("name", ["entropy", "cross_entropy", "kl_divergence", "js_divergence",
-                                  "decompose"])
+@pytest.mark.parametrize(
+    "name", ["entropy", "cross_entropy", "kl_divergence", "js_divergence", "decompose"]
+)
 def test_torch_grad_finite_at_zero_probabilities_on_the_data_side(name):
     f = ce.entropy if name == "entropy" else (lambda m: lambda p: m(p, Q))(PQ_MEASURES[name])
     out, g = _grad(f, ZERO_P)
@@ -200,8 +204,9 @@ def test_torch_grad_finite_at_masked_logits(name):
     if name != "entropy":
         out, g = _grad(lambda z: PQ_MEASURES[name](ce.Logits(z), ce.Logits(MASKED_Z)), MASKED_Z)
         assert torch.isfinite(out).all() and torch.isfinite(g).all(), g
-        out, g = _grad(lambda z: PQ_MEASURES[name](ce.Labels(torch.tensor([1, 0])),
-                                                   ce.Logits(z)), MASKED_Z)
+        out, g = _grad(
+            lambda z: PQ_MEASURES[name](ce.Labels(torch.tensor([1, 0])), ce.Logits(z)), MASKED_Z
+        )
         assert torch.isfinite(out).all() and torch.isfinite(g).all(), g
 
 
@@ -288,16 +293,17 @@ def test_gradients_flow_through_keepdims_and_every_decompose_part(keepdims):
     gen = torch.Generator().manual_seed(8)
     p = _simplex(gen, (3, 5)).requires_grad_(True)
     z = torch.randn(3, 5, generator=gen, dtype=F64, requires_grad=True)
-    outs = [ce.entropy(p, keepdims=keepdims),
-            ce.cross_entropy(p, ce.Logits(z), keepdims=keepdims),
-            ce.kl_divergence(p, ce.Logits(z), keepdims=keepdims),
-            ce.js_divergence(p, ce.Logits(z), keepdims=keepdims),
-            *ce.decompose(p, ce.Logits(z), keepdims=keepdims)]
+    outs = [
+        ce.entropy(p, keepdims=keepdims),
+        ce.cross_entropy(p, ce.Logits(z), keepdims=keepdims),
+        ce.kl_divergence(p, ce.Logits(z), keepdims=keepdims),
+        ce.js_divergence(p, ce.Logits(z), keepdims=keepdims),
+        *ce.decompose(p, ce.Logits(z), keepdims=keepdims),
+    ]
     for i, out in enumerate(outs):
         assert out.requires_grad, i
         gp, _ = torch.autograd.grad(out.sum(), (p, z), allow_unused=True, retain_graph=True)
         assert gp is not None and torch.isfinite(gp).all() and gp.abs().sum() > 0, i
     # d S / d p_i = -(log p_i + 1) (hand derivation).
-    (gp,) = torch.autograd.grad(ce.decompose(p, ce.Logits(z), keepdims=keepdims)
-                                .entropy.sum(), p)
+    (gp,) = torch.autograd.grad(ce.decompose(p, ce.Logits(z), keepdims=keepdims).entropy.sum(), p)
     torch.testing.assert_close(gp, -(torch.log(p.detach()) + 1), rtol=1e-14, atol=1e-15)

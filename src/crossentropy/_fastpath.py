@@ -23,10 +23,13 @@ Kind = Literal["self", "cross", "ratio"]
 def applies(*arrays: np.ndarray) -> bool:
     """True for float64 NumPy arrays of one shape (no broadcasting to unroll)."""
     first = arrays[0]
-    return all(
-        isinstance(a, np.ndarray) and a.dtype == np.float64 and a.shape == first.shape
-        for a in arrays
-    ) and first.ndim >= 1
+    return (
+        all(
+            isinstance(a, np.ndarray) and a.dtype == np.float64 and a.shape == first.shape
+            for a in arrays
+        )
+        and first.ndim >= 1
+    )
 
 
 def weighted_log_sums(kind: Kind, p: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -55,8 +55,9 @@ def assert_matches_reference(ours, ref, tensors, reduction):
     """Loss and gradients (a random upstream gradient for 'none') equal the reference's."""
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     upstream = torch.randn_like(ref) if reduction == "none" else None
-    for got, want in zip(grads(ours, tensors, upstream), grads(ref, tensors, upstream),
-                         strict=True):
+    for got, want in zip(
+        grads(ours, tensors, upstream), grads(ref, tensors, upstream), strict=True
+    ):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -114,12 +115,22 @@ def test_class_weights_match_pytorch():
     h, w, b, y = make((50,), 12, 40, bias=True, seed=4)
     cw = torch.rand(40, generator=torch.Generator().manual_seed(1), dtype=F64) / 10
     for reduction in REDUCTIONS:
-        ours = linear_cross_entropy(h, w, y, bias=b, class_weight=cw, label_smoothing=0.1,
-                                    reduction=reduction, chunk_size=16)
-        theirs = F.cross_entropy(h @ w.T + b, y, weight=cw, label_smoothing=0.1,
-                                 reduction=reduction)
-        fused = F.linear_cross_entropy(h, w, y, linear_bias=b, weight=cw, label_smoothing=0.1,
-                                       reduction=reduction)
+        ours = linear_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            class_weight=cw,
+            label_smoothing=0.1,
+            reduction=reduction,
+            chunk_size=16,
+        )
+        theirs = F.cross_entropy(
+            h @ w.T + b, y, weight=cw, label_smoothing=0.1, reduction=reduction
+        )
+        fused = F.linear_cross_entropy(
+            h, w, y, linear_bias=b, weight=cw, label_smoothing=0.1, reduction=reduction
+        )
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-15)
         upstream = torch.rand_like(theirs)
@@ -134,8 +145,17 @@ def test_class_weights_gradcheck_and_all_zero_weights():
     cw = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5, 0.25, 1.0], dtype=F64)
 
     def fn(h, w, b):
-        return linear_cross_entropy(h, w, y, bias=b, class_weight=cw, chunk_size=2,
-                                    label_smoothing=0.1, z_loss=0.05, softcap=2.0)
+        return linear_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            class_weight=cw,
+            chunk_size=2,
+            label_smoothing=0.1,
+            z_loss=0.05,
+            softcap=2.0,
+        )
 
     assert torch.autograd.gradcheck(fn, (h, w, b))
     # Every counted token of a zero-weight class: sum(omega) = 0 gives 0, not NaN.
@@ -175,20 +195,31 @@ def test_probability_targets_match_pytorch_and_gradcheck():
     t = soft_target((40,), 30, seed=3)
     cw = torch.rand(30, generator=torch.Generator().manual_seed(4), dtype=F64)
     for reduction in REDUCTIONS:
-        ours = linear_cross_entropy(h, w, t, bias=b, class_weight=cw, label_smoothing=0.2,
-                                    reduction=reduction, chunk_size=16)
-        theirs = F.cross_entropy(h @ w.T + b, t, weight=cw, label_smoothing=0.2,
-                                 reduction=reduction)
-        fused = F.linear_cross_entropy(h, w, t, linear_bias=b, weight=cw,
-                                       label_smoothing=0.2, reduction=reduction)
+        ours = linear_cross_entropy(
+            h,
+            w,
+            t,
+            bias=b,
+            class_weight=cw,
+            label_smoothing=0.2,
+            reduction=reduction,
+            chunk_size=16,
+        )
+        theirs = F.cross_entropy(
+            h @ w.T + b, t, weight=cw, label_smoothing=0.2, reduction=reduction
+        )
+        fused = F.linear_cross_entropy(
+            h, w, t, linear_bias=b, weight=cw, label_smoothing=0.2, reduction=reduction
+        )
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-15)
     h, w, b, _ = make((5,), 3, 7, bias=True)
     t = soft_target((5,), 7)
 
     def fn(h, w, b):
-        return linear_cross_entropy(h, w, t, bias=b, chunk_size=2, label_smoothing=0.1,
-                                    z_loss=0.05, softcap=2.0)
+        return linear_cross_entropy(
+            h, w, t, bias=b, chunk_size=2, label_smoothing=0.1, z_loss=0.05, softcap=2.0
+        )
 
     assert torch.autograd.gradcheck(fn, (h, w, b))
 
@@ -199,7 +230,8 @@ def test_probability_targets_in_half_precision_and_one_hot_equals_labels():
     torch.testing.assert_close(
         linear_cross_entropy(h64, w64, one_hot, chunk_size=64),
         linear_cross_entropy(h64, w64, y, chunk_size=64),
-        rtol=1e-12, atol=0,
+        rtol=1e-12,
+        atol=0,
     )
     t64 = soft_target((200,), 300, seed=5)
     ref = reference(h64, w64, t64)
@@ -423,9 +455,7 @@ def test_errors_name_the_argument():
             "target does not sum to 1",
         ),
         (
-            lambda: linear_cross_entropy(
-                h, w, torch.full((3, 6), 1 / 6, requires_grad=True)
-            ),
+            lambda: linear_cross_entropy(h, w, torch.full((3, 6), 1 / 6, requires_grad=True)),
             ValueError,
             r"target \(probabilities\) must not require grad",
         ),
@@ -452,9 +482,7 @@ def test_errors_name_the_argument():
             "class_weight must have a floating",
         ),
         (
-            lambda: linear_cross_entropy(
-                h, w, y, class_weight=torch.ones(6, requires_grad=True)
-            ),
+            lambda: linear_cross_entropy(h, w, y, class_weight=torch.ones(6, requires_grad=True)),
             ValueError,
             "class_weight must not require grad",
         ),

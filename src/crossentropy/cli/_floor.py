@@ -15,8 +15,9 @@ import numpy as np
 MAX_CONTEXTS = 10_000
 
 
-def truth_entropy(table: np.ndarray, *, seed: int = 0, n_boot: int = 200,
-                  level: float = 0.95) -> dict[str, Any] | None:
+def truth_entropy(
+    table: np.ndarray, *, seed: int = 0, n_boot: int = 200, level: float = 0.95
+) -> dict[str, Any] | None:
     """H(y | x) of the truth, in nats, from a (contexts, classes) table of counts.
 
     Each context's entropy is estimated bias-corrected (``method="auto"``), with a
@@ -44,5 +45,10 @@ def truth_entropy(table: np.ndarray, *, seed: int = 0, n_boot: int = 200,
 
     z = float(ndtri(0.5 + level / 2))
     methods = sorted(set(np.atleast_1d(np.asarray(rows.method)).tolist()))
-    return {"value": value, "low": value - z * error, "high": value + z * error,
-            "level": level, "method": "+".join(methods)}
+    return {
+        "value": value,
+        "low": value - z * error,
+        "high": value + z * error,
+        "level": level,
+        "method": "+".join(methods),
+    }
