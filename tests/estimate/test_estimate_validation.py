@@ -52,9 +52,9 @@ def test_other_arguments():
         entropy_interval([1, 2], n_boot=0)
     with pytest.raises(ValueError, match="seed must be None, an integer or a numpy Generator"):
         entropy_interval([1, 2], method="plugin", seed="x")
-    with pytest.raises(ValueError, match="base must be a finite positive number other than 1"):
+    with pytest.raises(ValueError, match="base must be a number > 1, got 1"):
         entropy([1, 2], base=1)
-    with pytest.raises(TypeError, match="base must be a positive real number or None"):
+    with pytest.raises(TypeError, match="base must be a number > 1 or None, got 'e'"):
         entropy([1, 2], base="e")
 
 
@@ -128,3 +128,60 @@ def test_model_checks():
         cross_entropy(c, LogProbs(np.array([np.nan, 0.0])))
     with pytest.raises(ValueError, match="q does not sum to 1 along its last axis: the sum is 2"):
         cross_entropy(c, LogProbs(np.array([0.0, 0.0])))
+
+
+# Every estimator that takes ``base``, called on valid data: only ``base`` is wrong.
+_Q = np.array([0.5, 0.5])
+BASE_CALLS = {
+    "entropy": lambda base: entropy([1, 2], method="plugin", base=base),
+    "entropy_interval": lambda base: entropy_interval(
+        [1, 2], method="plugin", n_boot=2, seed=0, base=base
+    ),
+    "cross_entropy": lambda base: cross_entropy(np.array([1, 2]), _Q, base=base),
+    "kl_divergence": lambda base: kl_divergence(
+        np.array([1, 2]), _Q, method="plugin", n_boot=2, seed=0, base=base
+    ),
+    "conditional_entropy": lambda base: conditional_entropy(
+        [0, 1, 1], [0, 0, 1], method="plugin", base=base
+    ),
+    "mutual_information": lambda base: mutual_information(
+        [0, 1, 1], [0, 0, 1], method="plugin", base=base
+    ),
+}
+
+
+@pytest.mark.parametrize("call", BASE_CALLS.values(), ids=BASE_CALLS.keys())
+@pytest.mark.parametrize(
+    ("base", "shown"),
+    [
+        (0.5, "0.5"),
+        (0.999, "0.999"),
+        (1, "1"),
+        (1.0, "1.0"),
+        (0, "0"),
+        (-2, "-2"),
+        (np.nan, "nan"),
+        (np.inf, "inf"),
+        (np.float32(0.5), ""),
+    ],
+)
+def test_base_must_exceed_one(call, base, shown):
+    # As the measures and the CLI (check_measure_base): a base in (0, 1) has a negative
+    # logarithm, which would flip the sign of every estimate (a negative KL divergence).
+    with pytest.raises(ValueError, match=f"base must be a number > 1, got .*{shown}"):
+        call(base)
+
+
+@pytest.mark.parametrize("call", BASE_CALLS.values(), ids=BASE_CALLS.keys())
+@pytest.mark.parametrize("base", ["e", True, np.bool_(True), 2j, [2]])
+def test_base_must_be_a_real_number(call, base):
+    with pytest.raises(TypeError, match="base must be a number > 1 or None"):
+        call(base)
+
+
+@pytest.mark.parametrize("call", BASE_CALLS.values(), ids=BASE_CALLS.keys())
+def test_base_above_one_is_accepted(call):
+    # Any finite base > 1 rescales nats by 1 / log(base), even one just above 1.
+    nats = call(None).value
+    for base in (2, 1.5, np.float32(10.0), 1 + 1e-9):
+        assert call(base).value == pytest.approx(nats / np.log(float(base)), rel=1e-9)

@@ -13,7 +13,13 @@ from ._counts import Counts, count_vector
 from ._estimators import ESTIMATORS
 from ._nsb import nsb
 from ._result import Estimate
-from ._validate import check_base, check_level, check_method, check_positive_int, count_array
+from ._validate import (
+    check_level,
+    check_measure_base,
+    check_method,
+    check_positive_int,
+    count_array,
+)
 
 __all__ = ["METHODS", "entropy", "entropy_interval"]
 
@@ -115,7 +121,7 @@ def entropy(counts: Any, *, method: str = "auto", base: float | None = None) -> 
         :class:`Counts` with ``alphabet_size``), else ``chao_shen``, which needs no K.
         The result's ``method`` says which was used.
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
 
     Returns
     -------
@@ -205,7 +211,7 @@ def entropy(counts: Any, *, method: str = "auto", base: float | None = None) -> 
     array([1.       , 0.4689956])
     """
     check_method(method, _ALLOWED)
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     c, batch, known = as_counts(counts)
     names = resolve(c, method, known)
     value, std = estimate_rows(c, names)
@@ -330,7 +336,7 @@ def entropy_interval(
     seed : int, numpy.random.Generator or None
         Seeds the bootstrap; the same seed gives the same interval.
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
 
     Returns
     -------
@@ -370,7 +376,7 @@ def entropy_interval(
     check_method(method, _ALLOWED)
     level = check_level(level)
     n_boot = check_positive_int(n_boot, "n_boot")
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     rng = rng_from(seed)
     c, batch, known = as_counts(counts)
     names = resolve(c, method, known)

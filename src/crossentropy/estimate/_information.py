@@ -23,9 +23,9 @@ from ._entropy import (
 from ._estimators import ESTIMATORS
 from ._result import Estimate
 from ._validate import (
-    check_base,
     check_labels,
     check_level,
+    check_measure_base,
     check_method,
     check_model,
     check_positive_int,
@@ -131,7 +131,7 @@ def cross_entropy(
     q : array_like, shape (..., K), or Logits / LogProbs
         The model's distribution over K classes; broadcasts against the counts' batch.
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
     level : float, default 0.95
         Coverage of the interval.
 
@@ -154,7 +154,7 @@ def cross_entropy(
     1.5
     """
     level = check_level(level)
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     log_q = _log_q(q)
     c = _class_counts(samples_or_counts, log_q.shape[-1])
     mean, se = _held_out(c, log_q)
@@ -204,7 +204,7 @@ def kl_divergence(
     method : str, default "auto"
         The entropy estimator (see :func:`entropy`).
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
     level : float, default 0.95
         Coverage of the interval.
     n_boot : int, default 1000
@@ -234,7 +234,7 @@ def kl_divergence(
     check_method(method, _ALLOWED)
     level = check_level(level)
     n_boot = check_positive_int(n_boot, "n_boot")
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     rng = rng_from(seed)
     log_q = _log_q(q)
     K = log_q.shape[-1]
@@ -362,7 +362,7 @@ def conditional_entropy(
         The entropy estimator (see :func:`entropy`). ``auto`` chooses once, by the rule
         of :func:`entropy` applied to the pooled (x, y) table.
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
 
     Returns
     -------
@@ -378,7 +378,7 @@ def conditional_entropy(
     0.5
     """
     check_method(method, _ALLOWED)
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     table = _joint(x, y)
     method = _pooled_method(table, method)
     value = _conditional(table, method)
@@ -405,7 +405,7 @@ def mutual_information(
     method : str, default "auto"
         The entropy estimator; ``auto`` chooses once from the pooled (x, y) table.
     base : float, optional
-        Logarithm base: None for nats, 2 for bits.
+        Logarithm base: None for nats, 2 for bits; a finite number > 1.
 
     Returns
     -------
@@ -421,7 +421,7 @@ def mutual_information(
     1.0
     """
     check_method(method, _ALLOWED)
-    log_base = check_base(base)
+    log_base = check_measure_base(base)
     table = _joint(x, y)
     method = _pooled_method(table, method)
     marginal, _ = estimate_rows(table.sum(axis=0, keepdims=True), np.array([method]))

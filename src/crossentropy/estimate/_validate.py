@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from .._array import check_base
+from .._array import check_measure_base
 
 __all__ = [
-    "check_base",
     "check_labels",
     "check_level",
+    "check_measure_base",
     "check_method",
     "check_model",
     "count_array",
