@@ -11,7 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from crossentropy.torch import (  # noqa: E402
     LinearCrossEntropyLoss,
-    _chunked,
+    _driver,
     _reference,
     linear_cross_entropy,
 )
@@ -311,8 +311,8 @@ def test_chunk_size_independence_and_determinism(reduction):
 def test_default_chunk_size_follows_budget():
     # Hand arithmetic: max(64 MiB / (V * bytes per logit), min(D / 2, 512 MiB / ...)),
     # rounded down to a multiple of 16.
-    size = _chunked.default_chunk_size
-    assert _chunked.CHUNK_BUDGET_BYTES == 64 * 2**20
+    size = _driver.default_chunk_size
+    assert _driver.CHUNK_BUDGET_BYTES == 64 * 2**20
     assert size(10**6, 32768, 512, torch.float32, False) == 512  # 64 MiB rule
     assert size(10**6, 128256, 1024, torch.float32, False) == 512  # D / 2 rule
     assert size(10**6, 32768, 2048, torch.float32, False) == 1024  # D / 2 rule

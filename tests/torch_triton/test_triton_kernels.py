@@ -146,7 +146,7 @@ def build(fn, sig, consts):
 row = dict(X="*bf16", stride_x="i64", G="*bf16", stride_g="i64", T="*i64", stride_t="i64",
            W="*fp32", LOSS="*fp32", LSE="*fp32", SCALE="*fp32", stride_s="i64",
            ZSCALE="*fp32", stride_zs="i64", C="i32",
-           ignore_index="i32", eps="fp32", z_loss="fp32", cap="fp32")
+           ignore_index="i32", eps="fp32", z_loss="fp32", cap="fp32", inv_temp="fp32")
 flags = ("HAS_WEIGHT", "SMOOTH", "HAS_ZLOSS", "HAS_CAP", "DIVERGENCE", "GRAD")
 for soft in (False, True):
     sig = dict(row, T="*bf16") if soft else row

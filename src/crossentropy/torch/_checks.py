@@ -1,7 +1,7 @@
-"""Argument checks for the PyTorch losses: one helper per kind, ValueError/TypeError naming
-the argument.
+"""Tensor checks for the PyTorch losses: one helper per kind, ValueError/TypeError naming
+the argument.  (The options are checked once, by :class:`._options.Options`.)
 
-The shape, dtype and option checks look at metadata only and always run.  The checks that
+The shape and dtype checks look at metadata only and always run.  The checks that
 read the data (label range, probability rows) synchronise with the host, so by default
 (``validate=None``) they run only where that costs nothing: CPU tensors outside
 ``torch.compile``.  ``validate=True`` forces them, ``validate=False`` skips them.
@@ -9,8 +9,6 @@ read the data (label range, probability rows) synchronise with the host, so by d
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import array_api_compat
@@ -18,10 +16,6 @@ import torch
 
 from .. import _checks as _array_checks
 
-REDUCTIONS = ("mean", "none", "sum")
-
-_F32 = torch.finfo(torch.float32)
-_INT64 = torch.iinfo(torch.int64)
 _INTEGERS = tuple(
     getattr(torch, name)
     for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32")
@@ -58,62 +52,6 @@ def floating(value: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
 
 
-def reduction(value: Any) -> str:
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'mean', 'none', 'sum', got {value!r}")
-    return value
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    return float(value)
-
-
-def label_smoothing(value: Any) -> float:
-    eps = _real(value, "label_smoothing")
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {value!r}")
-    return eps
-
-
-def z_loss(value: Any) -> float:
-    coef = _real(value, "z_loss")
-    if not (math.isfinite(coef) and coef >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}")
-    return coef
-
-
-def softcap(value: Any) -> float | None:
-    if value is None:
-        return None
-    cap = _real(value, "softcap")
-    # The cap divides float32 logits: beyond float32's range it is inf (z / cap = 0,
-    # cap * tanh = inf * 0 = NaN) and below its smallest normal number it is 0.
-    if not (math.isfinite(cap) and _F32.tiny <= cap <= _F32.max):
-        raise ValueError(
-            f"softcap must be a positive finite number representable in float32 (between "
-            f"{_F32.tiny:.4g} and {_F32.max:.4g}) or None, got {value!r}"
-        )
-    return cap
-
-
-def ignore_index(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {value!r}")
-    if not _INT64.min <= int(value) <= _INT64.max:
-        raise ValueError(f"ignore_index must fit in int64 (the labels' dtype), got {value!r}")
-    return int(value)
-
-
-def chunk_size(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {value!r}")
-    return int(value)
-
-
 def logits(value: Any, name: str = "logits") -> None:
     floating(value, name)
     if value.ndim < 1 or value.shape[-1] == 0:
@@ -133,6 +71,22 @@ def reads_data(validate: bool | None, tensor: torch.Tensor) -> bool:
             raise ValueError("cannot validate data on the meta device; pass validate=False")
         return bool(validate)
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def not_sharded(**tensors: object) -> None:
+    """Refuse a DTensor (e.g. a parameter sharded by FSDP2's ``fully_shard``) with a
+    ValueError that says what to do, before any kernel mixes it with plain tensors."""
+    for name, value in tensors.items():
+        if type(value).__name__ == "DTensor":
+            raise ValueError(
+                f"{name} is a DTensor (placements {tuple(value.placements)}): the "
+                "single-process loss needs plain tensors.  Call it where the parameter is "
+                "unsharded (inside the module's forward under FSDP2, as "
+                "crossentropy.transformers.patch does), pass the local tensor "
+                f"({name}.to_local()) of a replicated DTensor, or, for a weight sharded by "
+                "vocabulary rows, use crossentropy.torch.distributed."
+                "vocab_parallel_linear_cross_entropy"
+            )
 
 
 def same_device(**tensors: torch.Tensor | None) -> None:

@@ -1,29 +1,32 @@
-"""The functional losses: check the arguments, then run the reference or the fused kernel."""
+"""The functional losses: check the data, build the one :class:`Options`, run a path.
+
+Each public function takes flat, PyTorch-style keywords and builds one frozen
+:class:`~._options.Options` (which checks every option); the data checks follow; then
+the options go down unchanged to the plain-PyTorch reference, the fused chunked loss or
+the Triton kernels.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from . import _checks, _chunked, _reference
+from ._options import Options, compute_dtype
 
 __all__ = ["cross_entropy", "entropy_loss", "kl_loss", "linear_cross_entropy"]
 
 
-IMPLS = ("auto", "torch", "triton")
-
-
-def _use_triton(impl: str, tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
+def _use_triton(opts: Options, tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether to run the Triton kernels: ``impl='triton'`` (or it fails), or ``'auto'`` on
-    CUDA tensors with Triton installed.  ``'torch'`` is the plain-PyTorch reference path."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of 'auto', 'torch', 'triton', got {impl!r}")
-    if impl == "torch":
+    CUDA tensors with Triton installed.  ``'torch'`` is the plain-PyTorch path."""
+    if opts.impl == "torch":
         return False
     from . import _triton  # looks only: no Triton import until a kernel runs
 
-    if impl == "triton":
+    if opts.impl == "triton":
         if not _triton.available(tensor):
             raise ValueError(
                 "impl='triton' needs a CUDA tensor and Triton installed "
@@ -38,50 +41,32 @@ def _use_triton(impl: str, tensor: torch.Tensor, *others: torch.Tensor | None) -
     )
 
 
-def _dense(
+def _resolved(opts: Options, triton: bool) -> Options:
+    """``opts`` with ``impl`` resolved to the path that runs."""
+    impl = "triton" if triton else "torch"
+    return opts if opts.impl == impl else dataclasses.replace(opts, impl=impl)
+
+
+def dense_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
-    *,
     weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
+    opts: Options,
     validate: bool | None,
     divergence: bool,
-    impl: str,
 ) -> torch.Tensor:
+    """:func:`cross_entropy` (or with ``divergence`` :func:`kl_loss`) under ``opts``."""
     _checks.logits(logits)
     target = _checks.as_labels(target)
     _checks.same_device(logits=logits, target=target, weight=weight)
-    validate = _checks.reads_data(validate, logits)
-    ignore = _checks.ignore_index(ignore_index)
-    _checks.target(target, tuple(logits.shape), validate, ignore)
-    _checks.class_weight(weight, logits.shape[-1], validate)
-    if _use_triton(impl, logits, target, weight):
-        from ._triton import DenseOptions, triton_cross_entropy, triton_kl_loss
+    reads = _checks.reads_data(validate, logits)
+    _checks.target(target, tuple(logits.shape), reads, opts.ignore_index)
+    _checks.class_weight(weight, logits.shape[-1], reads)
+    if _use_triton(opts, logits, target, weight):
+        from ._triton import triton_dense_loss
 
-        options = DenseOptions(
-            ignore_index=ignore,
-            reduction=_checks.reduction(reduction),
-            label_smoothing=_checks.label_smoothing(label_smoothing),
-            z_loss=_checks.z_loss(z_loss),
-            softcap=_checks.softcap(softcap),
-        )
-        kernel = triton_kl_loss if divergence else triton_cross_entropy
-        return kernel(logits, target, weight, options)
-    parts = _reference.token_losses(
-        logits,
-        target,
-        weight=weight,
-        ignore_index=ignore,
-        label_smoothing=_checks.label_smoothing(label_smoothing),
-        z_loss=_checks.z_loss(z_loss),
-        softcap=_checks.softcap(softcap),
-        divergence=divergence,
-    )
-    return _reference.reduce(*parts[:2], _checks.reduction(reduction), *parts[2:])
+        return triton_dense_loss(logits, target, weight, _resolved(opts, True), divergence)
+    return _reference.loss(logits, target, weight, opts, divergence)
 
 
 def cross_entropy(
@@ -94,12 +79,15 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    temperature: float = 1.0,
+    normalize_by: float | torch.Tensor | None = None,
     validate: bool | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     r"""Cross-entropy loss of logits against class indices or probabilities.
 
-    With :math:`z` the (soft-capped) logits, :math:`q = \operatorname{softmax}(z)`,
+    With :math:`z = \operatorname{softcap}(\text{logits}) / T` (``softcap`` and
+    ``temperature`` optional), :math:`q = \operatorname{softmax}(z)`,
     the smoothed target :math:`t' = (1 - \varepsilon) t + \varepsilon / C` and class
     weights :math:`w`, each token's loss is
 
@@ -140,6 +128,18 @@ def cross_entropy(
         same for every counted token whatever its class weight.
     softcap : float > 0, optional
         Applied first: :math:`z = s \tanh(\text{logits} / s)`.
+    temperature : float > 0
+        Divides the (soft-capped) logits before everything else,
+        :math:`z = \operatorname{softcap}(\text{logits}) / T`: label smoothing, the
+        z-loss (on :math:`\operatorname{logsumexp} z`), the loss and its gradient with
+        respect to the logits all see this :math:`z`.  Default 1.
+    normalize_by : number or 0-d Tensor, optional
+        With ``reduction='mean'`` only: the ``sum`` of the loss (cross-entropy and
+        z-loss parts) divided by this count instead of the mean's own divisors -- e.g.
+        the counted tokens of every micro-batch and data-parallel rank (Hugging Face's
+        ``num_items_in_batch``), so that accumulated micro-batches give exactly the
+        gradient of one big batch.  A tensor stays on its device (no host
+        synchronisation); 0 gives 0.
     validate : bool, optional
         Check the data too (labels in range, probabilities non-negative and summing to 1).
         That synchronises with the host, so by default (``None``) it runs only where it
@@ -165,19 +165,17 @@ def cross_entropy(
     >>> cross_entropy(logits, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
     tensor(0.2395)
     """
-    return _dense(
-        logits,
-        target,
-        weight=weight,
+    opts = Options(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
-        validate=validate,
-        divergence=False,
+        temperature=temperature,
+        normalize_by=normalize_by,
         impl=impl,
     )
+    return dense_loss(logits, target, weight, opts, validate, divergence=False)
 
 
 def kl_loss(
@@ -190,6 +188,8 @@ def kl_loss(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    temperature: float = 1.0,
+    normalize_by: float | torch.Tensor | None = None,
     validate: bool | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
@@ -217,19 +217,17 @@ def kl_loss(
     >>> kl_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))  # log 2
     tensor(0.6931)
     """
-    return _dense(
-        logits,
-        target,
-        weight=weight,
+    opts = Options(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
-        validate=validate,
-        divergence=True,
+        temperature=temperature,
+        normalize_by=normalize_by,
         impl=impl,
     )
+    return dense_loss(logits, target, weight, opts, validate, divergence=True)
 
 
 def entropy_loss(
@@ -238,21 +236,25 @@ def entropy_loss(
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
     softcap: float | None = None,
+    temperature: float = 1.0,
+    normalize_by: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""The model's own entropy, for entropy regularisation.
 
     .. math::
 
-        S(q) = -\sum_c q_c \log q_c, \qquad q = \operatorname{softmax}(z).
+        S(q) = -\sum_c q_c \log q_c, \qquad q = \operatorname{softmax}(z),
+        \quad z = \operatorname{softcap}(\text{logits}) / T .
 
     Parameters
     ----------
     logits : Tensor, shape (..., C)
-        Class dimension last; half dtypes computed in float32.
+        Class dimension last; half dtypes computed in float32.  ``-inf`` logits are
+        classes of probability 0 (``0 log 0 = 0``).
     mask : bool Tensor, shape (...), optional
         Tokens that count; ``mean`` divides by their number (0 if there are none).
     reduction : {'mean', 'sum', 'none'}
-    softcap : float > 0, optional
+    softcap, temperature, normalize_by
         As in :func:`cross_entropy`.
 
     Examples
@@ -262,14 +264,13 @@ def entropy_loss(
     >>> entropy_loss(torch.zeros(2, 4))  # log 4, the uniform distribution's
     tensor(1.3863)
     """
+    opts = Options(
+        reduction=reduction, softcap=softcap, temperature=temperature, normalize_by=normalize_by
+    )
     _checks.logits(logits)
     _checks.mask(mask, tuple(logits.shape[:-1]))
-    return _reference.entropy_loss(
-        logits,
-        mask=mask,
-        reduction=_checks.reduction(reduction),
-        softcap=_checks.softcap(softcap),
-    )
+    _checks.same_device(logits=logits, mask=mask)
+    return _reference.entropy_loss(logits, mask, opts)
 
 
 def linear_cross_entropy(
@@ -284,6 +285,8 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    temperature: float = 1.0,
+    normalize_by: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
     validate: bool | None = None,
     impl: str = "auto",
@@ -315,19 +318,23 @@ def linear_cross_entropy(
         (the cross-entropy divided by the summed weights of the counted tokens, the
         z-loss, which the class weights do not scale, by their number).  A constant: it gets no
         gradient, and one that requires grad is refused.
-    ignore_index, reduction, label_smoothing, z_loss, softcap, validate, impl
+    ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, normalize_by
         As in :func:`cross_entropy`; ``reduction='none'`` returns shape (...).
+    validate, impl
+        As in :func:`cross_entropy`.
     chunk_size : int, optional
         Tokens per chunk.  ``None`` takes the larger of (a) the tokens whose working set --
         the chunk's float32 logits (twice with ``softcap``, once more for probability
-        targets; plus the half-precision logits for half inputs) -- fits 64 MiB and
+        targets; plus the half-precision logits for half inputs; for the Triton kernel,
+        which works in place, the one block in the input dtype) -- fits 64 MiB and
         (b) ``D / 2`` tokens, capped at 512 MiB of working set.  The float32 weight
         gradient is read and written once per chunk, so (b) keeps that memory traffic
         small next to the chunk's matrix products; it makes the working set at most half
         the size of the weight gradient.  In float32: 512
         tokens at ``(D, V) = (512, 32768)`` (64 MiB), 512 at ``(1024, 128256)``
         (250 MiB), 1024 at ``(2048, 32768)`` (128 MiB).  The result does not depend on
-        the chunk size beyond float rounding, and is deterministic.
+        the chunk size beyond float rounding, and is deterministic.  The same rule, with
+        the slice's width for ``V``, serves the vocabulary-parallel fused loss.
 
     Returns
     -------
@@ -361,8 +368,33 @@ def linear_cross_entropy(
     >>> linear_cross_entropy(hidden, weight, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
     tensor(0.2395)
     """
+    opts = Options(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        temperature=temperature,
+        normalize_by=normalize_by,
+        chunk_size=chunk_size,
+        impl=impl,
+    )
+    return fused_loss(hidden, weight, target, bias, class_weight, opts, validate)
+
+
+def fused_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None,
+    class_weight: torch.Tensor | None,
+    opts: Options,
+    validate: bool | None,
+) -> torch.Tensor:
+    """:func:`linear_cross_entropy` under ``opts``."""
     _checks.floating(hidden, "hidden")
     _checks.floating(weight, "weight")
+    _checks.not_sharded(hidden=hidden, weight=weight, bias=bias)
     if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
@@ -381,9 +413,8 @@ def linear_cross_entropy(
         if tuple(bias.shape) != (vocab,):
             raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
         _checks.same_dtype(hidden, "hidden", bias=bias)
-    ignore = _checks.ignore_index(ignore_index)
     reads_data = _checks.reads_data(validate, hidden)
-    soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, ignore)
+    soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, opts.ignore_index)
     if soft and target.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             "target (probabilities) must not require grad: the fused loss treats "
@@ -395,56 +426,23 @@ def linear_cross_entropy(
             "class_weight must not require grad: the fused loss treats it as a "
             "constant (use cross_entropy on the logits for its gradient)"
         )
-    reduction = _checks.reduction(reduction)
-    chunk = _checks.chunk_size(chunk_size)
-    cap = _checks.softcap(softcap)
-    if class_weight is not None and impl == "triton":
+    if class_weight is not None and opts.impl == "triton":
         raise ValueError(
             "impl='triton' has no class weights in the fused kernel; use "
             "impl='torch' (or 'auto') with class_weight"
         )
-    if soft and impl == "triton":
+    if soft and opts.impl == "triton":
         raise ValueError(
             "impl='triton' has no probability targets in the fused kernel; use "
             "impl='torch' (or 'auto')"
         )
-    if _use_triton(impl, hidden) and class_weight is None and not soft:
-        from ._triton import LinearOptions, triton_linear_cross_entropy
-
-        options = LinearOptions(
-            ignore_index=ignore,
-            reduction=reduction,
-            label_smoothing=_checks.label_smoothing(label_smoothing),
-            z_loss=_checks.z_loss(z_loss),
-            softcap=cap,
-            chunk_size=chunk,
-        )
-        return triton_linear_cross_entropy(hidden, weight, target, bias, options)
-
+    triton = _use_triton(opts, hidden) and class_weight is None and not soft
     # Not reshape(-1, dim): with D = 0 the token count would be ambiguous.
     flat = hidden.reshape(math.prod(hidden.shape[:-1]), dim).contiguous()
     labels = target.reshape(-1, vocab) if soft else target.reshape(-1).long()
-    if chunk is None:
-        chunk = _chunked.default_chunk_size(
-            flat.shape[0], vocab, dim, hidden.dtype, cap is not None, soft
-        )
-    enabled = torch.is_grad_enabled()
-    opts = _chunked.Options(
-        ignore_index=ignore,
-        reduction=reduction,
-        label_smoothing=_checks.label_smoothing(label_smoothing),
-        z_loss=_checks.z_loss(z_loss),
-        softcap=cap,
-        chunk_size=chunk,
-        needs_grad=(
-            enabled and hidden.requires_grad,
-            enabled and weight.requires_grad,
-            enabled and bias is not None and bias.requires_grad,
-        ),
-    )
     if class_weight is not None:
-        class_weight = class_weight.to(_reference.compute_dtype(hidden.dtype))
-    loss = _chunked.apply(flat, weight, bias, labels, opts, class_weight)
-    if reduction == "none":
+        class_weight = class_weight.to(compute_dtype(hidden.dtype))
+    loss = _chunked.apply(flat, weight, bias, labels, class_weight, _resolved(opts, triton))
+    if opts.reduction == "none":
         loss = loss.reshape(hidden.shape[:-1])
     return loss

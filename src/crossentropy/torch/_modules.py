@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
-from . import _checks
-from ._functional import cross_entropy, kl_loss, linear_cross_entropy
+from ._functional import dense_loss, fused_loss
+from ._options import Options
 
 __all__ = ["CrossEntropyLoss", "KLLoss", "LinearCrossEntropyLoss"]
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Options))
 
-class _DenseLoss(nn.Module):
+
+class _Loss(nn.Module):
+    """A loss module: one :class:`Options`, built (and so checked) in the constructor,
+    kept as ``self.options``; each option also reads as an attribute (``loss.reduction``)."""
+
+    options: Options
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in _FIELDS:
+            return getattr(options, name)
+        return super().__getattr__(name)
+
+    def extra_repr(self) -> str:
+        return self.options.describe()
+
+
+class _DenseLoss(_Loss):
     weight: torch.Tensor | None
 
     def __init__(
@@ -23,37 +44,24 @@ class _DenseLoss(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        temperature: float = 1.0,
+        normalize_by: float | torch.Tensor | None = None,
         validate: bool | None = None,
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        self.register_buffer("weight", weight)
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.reduction = _checks.reduction(reduction)
-        self.label_smoothing = _checks.label_smoothing(label_smoothing)
-        self.z_loss = _checks.z_loss(z_loss)
-        self.softcap = _checks.softcap(softcap)
-        self.validate = validate
-        self.impl = impl
-
-    def _options(self) -> dict:
-        return {
-            "weight": self.weight,
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-            "label_smoothing": self.label_smoothing,
-            "z_loss": self.z_loss,
-            "softcap": self.softcap,
-            "validate": self.validate,
-            "impl": self.impl,
-        }
-
-    def extra_repr(self) -> str:
-        return (
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-            f"softcap={self.softcap}"
+        self.options = Options(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            temperature=temperature,
+            normalize_by=normalize_by,
+            impl=impl,
         )
+        self.register_buffer("weight", weight)
+        self.validate = validate
 
 
 class CrossEntropyLoss(_DenseLoss):
@@ -68,7 +76,7 @@ class CrossEntropyLoss(_DenseLoss):
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, target, **self._options())
+        return dense_loss(logits, target, self.weight, self.options, self.validate, False)
 
 
 class KLLoss(_DenseLoss):
@@ -83,10 +91,10 @@ class KLLoss(_DenseLoss):
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return kl_loss(logits, target, **self._options())
+        return dense_loss(logits, target, self.weight, self.options, self.validate, True)
 
 
-class LinearCrossEntropyLoss(nn.Module):
+class LinearCrossEntropyLoss(_Loss):
     """Module form of :func:`crossentropy.torch.linear_cross_entropy`.
 
     The module holds the options (and ``class_weight``, as a buffer); the projection's
@@ -117,20 +125,26 @@ class LinearCrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        temperature: float = 1.0,
+        normalize_by: float | torch.Tensor | None = None,
         chunk_size: int | None = None,
         validate: bool | None = None,
         impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.options = Options(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            temperature=temperature,
+            normalize_by=normalize_by,
+            chunk_size=chunk_size,
+            impl=impl,
+        )
         self.register_buffer("class_weight", class_weight)
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.reduction = _checks.reduction(reduction)
-        self.label_smoothing = _checks.label_smoothing(label_smoothing)
-        self.z_loss = _checks.z_loss(z_loss)
-        self.softcap = _checks.softcap(softcap)
-        self.chunk_size = _checks.chunk_size(chunk_size)
         self.validate = validate
-        self.impl = impl
 
     def forward(
         self,
@@ -139,25 +153,6 @@ class LinearCrossEntropyLoss(nn.Module):
         target: torch.Tensor,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return linear_cross_entropy(
-            hidden,
-            weight,
-            target,
-            bias=bias,
-            class_weight=self.class_weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-            chunk_size=self.chunk_size,
-            validate=self.validate,
-            impl=self.impl,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-            f"softcap={self.softcap}, chunk_size={self.chunk_size}"
+        return fused_loss(
+            hidden, weight, target, bias, self.class_weight, self.options, self.validate
         )

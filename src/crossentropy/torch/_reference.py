@@ -7,8 +7,9 @@ Everything here is ordinary differentiable PyTorch, so autograd, double backward
 
 Conventions shared by every loss (``C`` classes, class dimension last):
 
-* ``z = softcap * tanh(logits / softcap)`` first, when ``softcap`` is given;
-  ``lse = logsumexp(z)`` and ``log q = z - lse``.
+* ``z = softcap * tanh(logits / softcap) / temperature`` first (the softcap when it is
+  given, the temperature ``T`` always, 1 by default); ``lse = logsumexp(z)`` and
+  ``log q = z - lse``.  Everything below, the z-loss included, sees this ``z``.
 * The smoothed target is ``t' = (1 - eps) t + eps / C`` (``t`` one-hot for labels).
 * Per token, with class weights ``w`` (ones when not given):
   ``H = -sum_c w_c t'_c log q_c`` (for labels exactly ``F.cross_entropy``'s
@@ -19,25 +20,29 @@ Conventions shared by every loss (``C`` classes, class dimension last):
 * A token's weight ``omega`` is ``w[y]`` for labels (0 when ignored) and 1 for
   probabilities.  The z-loss adds ``z_loss * lse**2`` to every counted token, whatever
   its class weight (as Liger-Kernel and PaLM weight every token alike).
-* ``mean`` divides the cross-entropy part by ``sum omega`` (``F.cross_entropy``'s rule;
-  the number of tokens for probability targets) and the z-loss part by the number of
-  counted tokens; a zero divisor gives 0, not NaN.
+* The reductions are :mod:`._reduction`'s: ``mean`` divides the cross-entropy part by
+  ``sum omega`` (``F.cross_entropy``'s rule; the number of tokens for probability
+  targets) and the z-loss part by the number of counted tokens, or both by
+  ``normalize_by``; a zero divisor gives 0, not NaN.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from . import _reduction
+from ._options import Options, compute_dtype
 
 __all__ = [
     "TokenLosses",
     "cross_entropy",
     "entropy_loss",
-    "kl_loss",
-    "reduce",
+    "loss",
     "times",
     "token_losses",
+    "transformed",
 ]
 
 
@@ -55,16 +60,13 @@ class TokenLosses(NamedTuple):
     counted: torch.Tensor
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """``logits`` in the compute dtype, soft-capped when ``softcap`` is given."""
+def transformed(logits: torch.Tensor, opts: Options) -> torch.Tensor:
+    """``z = softcap(logits) / temperature`` in the compute dtype."""
     z = logits.to(compute_dtype(logits.dtype))
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
+    if opts.softcap is not None:
+        z = opts.softcap * torch.tanh(z / opts.softcap)
+    if opts.temperature != 1.0:
+        z = z / opts.temperature
     return z
 
 
@@ -92,12 +94,8 @@ def _label_entropy(
 def token_losses(
     logits: torch.Tensor,
     target: torch.Tensor,
-    *,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
+    weight: torch.Tensor | None,
+    opts: Options,
     divergence: bool = False,
 ) -> TokenLosses:
     """Per-token losses, token weights ``omega`` and z-loss terms (:class:`TokenLosses`).
@@ -107,10 +105,10 @@ def token_losses(
     gradient with respect to them, to the bit.  Labels outside ``[0, C)`` that are not
     ``ignore_index`` give NaN.
     """
-    z = capped(logits, softcap)
+    z = transformed(logits, opts)
     dtype = z.dtype
     num_classes = z.shape[-1]
-    eps = float(label_smoothing)
+    eps = opts.label_smoothing
     lse = torch.logsumexp(z, dim=-1)
     logq = z - lse.unsqueeze(-1)
     w = None if weight is None else weight.to(dtype)
@@ -126,7 +124,7 @@ def token_losses(
         counted_f = omega
     else:
         y = target.long()
-        counted = y != ignore_index
+        counted = y != opts.ignore_index
         valid = (y >= 0) & (y < num_classes)
         safe = torch.where(counted & valid, y, 0)
         nll = -logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
@@ -142,38 +140,24 @@ def token_losses(
             loss = loss - torch.where(counted, entropy, 0.0)
         loss = torch.where(counted & ~valid, torch.nan, loss)
         counted_f = counted.to(dtype)
-    z = z_loss * counted_f * lse.square() if z_loss else None
-    return TokenLosses(loss, omega, z, counted_f)
+    return TokenLosses(loss, omega, _reduction.z_terms(lse, counted_f, opts), counted_f)
 
 
-def _mean(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    # A where() on the quotient would leak NaN into the gradient; guard the divisor.
-    return total / torch.where(denom != 0, denom, 1.0)
+def reduced(parts: TokenLosses, opts: Options) -> torch.Tensor:
+    """The reduction of :func:`token_losses`' parts under ``opts``."""
+    divs = _reduction.divisors(parts.omega, parts.counted, opts)
+    return _reduction.reduce(parts.loss, parts.z, opts, divs)
 
 
-def reduce(
-    loss: torch.Tensor,
-    omega: torch.Tensor,
-    reduction: str,
-    z: torch.Tensor | None = None,
-    counted: torch.Tensor | None = None,
+def loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: Options,
+    divergence: bool = False,
 ) -> torch.Tensor:
-    """``none``, ``sum``, or ``mean``: ``sum(loss) / sum(omega) + sum(z) / sum(counted)``.
-
-    ``z`` (the z-loss terms, optional) is added per token for ``none`` and ``sum``; for
-    ``mean`` it is averaged over the counted tokens, independently of the class weights
-    in ``omega``.  A zero divisor gives 0.
-    """
-    if reduction == "none":
-        return loss if z is None else loss + z
-    total = loss.sum()
-    if reduction == "sum":
-        return total if z is None else total + z.sum()
-    out = _mean(total, omega.sum())
-    if z is not None:
-        assert counted is not None, "the z-loss mean needs the counted tokens"
-        out = out + _mean(z.sum(), counted.sum())
-    return out
+    """Cross-entropy ``H(t', softmax(z))`` (or ``divergence``: ``D``), reduced, unchecked."""
+    return reduced(token_losses(logits, target, weight, opts, divergence), opts)
 
 
 def cross_entropy(
@@ -181,64 +165,19 @@ def cross_entropy(
     target: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Cross-entropy ``H(t', softmax(z))`` per the module conventions, unchecked."""
-    parts = token_losses(
-        logits,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    return reduce(*parts[:2], reduction, *parts[2:])
+    """:func:`loss` with flat keywords (those of :class:`Options`), for the tests' oracle."""
+    return loss(logits, target, weight, Options(**options))
 
 
-def kl_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """KL divergence ``D(t' || softmax(z))`` per the module conventions, unchecked."""
-    parts = token_losses(
-        logits,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        divergence=True,
-    )
-    return reduce(*parts[:2], reduction, *parts[2:])
-
-
-def entropy_loss(
-    logits: torch.Tensor,
-    *,
-    mask: torch.Tensor | None = None,
-    reduction: str = "mean",
-    softcap: float | None = None,
-) -> torch.Tensor:
+def entropy_loss(logits: torch.Tensor, mask: torch.Tensor | None, opts: Options) -> torch.Tensor:
     """The model's entropy ``-sum_c q_c log q_c`` per token, ``mask`` selecting tokens."""
-    z = capped(logits, softcap)
-    logq = torch.log_softmax(z, dim=-1)
-    loss = -times(logq.exp(), logq).sum(-1)
+    logq = torch.log_softmax(transformed(logits, opts), dim=-1)
+    out = -times(logq.exp(), logq).sum(-1)
     if mask is None:
-        omega = torch.ones_like(loss)
+        omega = torch.ones_like(out)
     else:
-        omega = mask.to(loss.dtype)
-        loss = torch.where(mask, loss, 0.0)
-    return reduce(loss, omega, reduction)
+        omega = mask.to(out.dtype)
+        out = torch.where(mask, out, 0.0)
+    return _reduction.reduce(out, None, opts, _reduction.divisors(omega, omega, opts))

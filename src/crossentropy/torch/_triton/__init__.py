@@ -11,20 +11,22 @@ Entry points (arguments already checked by the public wrappers in
 * :func:`triton_kl_loss` ``(logits, target, weight, options)``
 * :func:`triton_linear_cross_entropy` ``(hidden, weight, target, bias, options)``
 
-Their semantics are those of the plain-PyTorch path (``_reference`` and ``_chunked``):
-the same options, ``mean`` as ``sum(loss) / sum(omega)`` with an all-ignored batch giving
-0 and zero gradients, float32 results for half inputs, float64 kept.
+They take the one :class:`~.._options.Options` of every loss (``DenseOptions`` and
+``LinearOptions`` build it with the kernel tuning).  Their semantics are those of the
+plain-PyTorch path (``_reference`` and ``_chunked``): the same options, the same
+reductions (:mod:`.._reduction`: an all-ignored ``mean`` gives 0 and zero gradients),
+float32 results for half inputs, float64 kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 import os
 
 import torch
 
+from .._options import Options
 from ._options import DenseOptions, LinearOptions
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "available",
     "interpreter",
     "triton_cross_entropy",
+    "triton_dense_loss",
     "triton_kl_loss",
     "triton_linear_cross_entropy",
 ]
@@ -65,34 +68,38 @@ def available(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and interpreter() and _triton_installed()
 
 
+def triton_dense_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: Options,
+    divergence: bool = False,
+) -> torch.Tensor:
+    """:func:`crossentropy.torch.cross_entropy` (``kl_loss`` with ``divergence``) through
+    the Triton row kernel."""
+    from . import _dense
+
+    return _dense.apply(logits, target, weight, options, divergence)
+
+
 def triton_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    options: DenseOptions | None = None,
+    options: Options | None = None,
 ) -> torch.Tensor:
     """:func:`crossentropy.torch.cross_entropy` through the Triton row kernel."""
-    from . import _dense
-
-    options = options or DenseOptions()
-    if options.divergence:
-        options = dataclasses.replace(options, divergence=False)
-    return _dense.apply(logits, target, weight, options)
+    return triton_dense_loss(logits, target, weight, options or DenseOptions(), False)
 
 
 def triton_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    options: DenseOptions | None = None,
+    options: Options | None = None,
 ) -> torch.Tensor:
     """:func:`crossentropy.torch.kl_loss` through the Triton row kernel."""
-    from . import _dense
-
-    options = options or DenseOptions()
-    if not options.divergence:
-        options = dataclasses.replace(options, divergence=True)
-    return _dense.apply(logits, target, weight, options)
+    return triton_dense_loss(logits, target, weight, options or DenseOptions(), True)
 
 
 def triton_linear_cross_entropy(
@@ -100,33 +107,20 @@ def triton_linear_cross_entropy(
     weight: torch.Tensor,
     target: torch.Tensor,
     bias: torch.Tensor | None = None,
-    options: LinearOptions | None = None,
+    options: Options | None = None,
 ) -> torch.Tensor:
-    """:func:`crossentropy.torch.linear_cross_entropy`: cuBLAS products around the row kernel.
+    """:func:`crossentropy.torch.linear_cross_entropy` with the row kernel as the driver's
+    chunk step (cuBLAS products around it).
 
     ``hidden`` (..., D), ``weight`` (V, D), integer ``target`` (...), ``bias`` (V,) or
     None, all of one floating dtype.  ``reduction='none'`` returns shape (...).
     """
-    from . import _linear
+    from .. import _chunked
 
     options = options or LinearOptions()
-    if options.weight_grad not in ("float32", "input"):
-        raise ValueError(f"weight_grad must be 'float32' or 'input', got {options.weight_grad!r}")
     dim = hidden.shape[-1]
-    flat = hidden.reshape(math.prod(hidden.shape[:-1]), dim)  # D may be 0
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
-    labels = target.reshape(-1).long()
-    enabled = torch.is_grad_enabled()
-    options = dataclasses.replace(
-        options,
-        needs_grad=(
-            enabled and hidden.requires_grad,
-            enabled and weight.requires_grad,
-            enabled and bias is not None and bias.requires_grad,
-        ),
-    )
-    loss = _linear.apply(flat, weight, bias, labels, options)
+    flat = hidden.reshape(math.prod(hidden.shape[:-1]), dim).contiguous()  # D may be 0
+    loss = _chunked.apply(flat, weight, bias, target.reshape(-1).long(), None, options)
     if options.reduction == "none":
         loss = loss.reshape(hidden.shape[:-1])
     return loss

@@ -1,6 +1,7 @@
 """Triton kernels: the row kernel of every loss, and two small scaling kernels.
 
-The row kernel reads one row of logits ``x`` (length ``C``) and, with ``z = cap(x)``,
+The row kernel reads one row of logits ``x`` (length ``C``) and, with
+``z = cap(x) / T`` (``inv_temp = 1 / T``),
 ``lse = logsumexp(z)``, ``q = exp(z - lse)``, the smoothed target
 ``t' = (1 - eps) t + eps / C`` (``t`` one-hot for a class index) and class weights ``w``:
 
@@ -10,7 +11,8 @@ The row kernel reads one row of logits ``x`` (length ``C``) and, with ``z = cap(
 * the stored loss is ``H`` (or ``D``) without the z-loss; the host adds the z-loss
   ``z_loss * lse^2`` of every counted token (the same for every class weight) from the
   stored ``lse``, which is 0 for an ignored token;
-* the gradient ``dL/dx_j = [ q_j (s A + 2 z_loss sz lse) - s w_j t'_j ] (1 - (z_j/cap)^2)``,
+* the gradient ``dL/dx_j = [ q_j (s A + 2 z_loss sz lse) - s w_j t'_j ] (1 - r_j^2) / T``,
+  ``r_j = tanh(x_j / cap)`` (1 - r^2 omitted without a cap),
   ``s`` and ``sz`` the row's scales of the cross-entropy and the z-loss parts (the
   reduction's factors, or the upstream gradient).
 
@@ -53,6 +55,7 @@ def row_kernel(
     eps,
     z_loss,
     cap,
+    inv_temp,
     ACC: tl.constexpr,
     SOFT: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -102,6 +105,7 @@ def row_kernel(
             if HAS_CAP:
                 # tanh(u) = 1 - 2 / (exp(2u) + 1): exact at both ends, never NaN.
                 z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
+            z = z * inv_temp  # exact when T = 1
             z = tl.where(mask, z, -float("inf"))
             m_new = tl.maximum(m, tl.reduce(z, 0, _MAX))
             s = s * tl.exp(m - m_new) + tl.reduce(tl.exp(z - m_new), 0, _SUM)
@@ -138,6 +142,7 @@ def row_kernel(
             z_y = tl.load(x_row + y_safe).to(ACC)
             if HAS_CAP:
                 z_y = cap * (1.0 - 2.0 / (tl.exp(2.0 * z_y / cap) + 1.0))
+            z_y = z_y * inv_temp
             big_a = on * w_y + off * sum_w
             loss = on * w_y * (lse - z_y)
             if SMOOTH:
@@ -170,7 +175,9 @@ def row_kernel(
                 mask = idx < C
                 z = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
                 if HAS_CAP:
-                    z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
+                    r = 1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0)
+                    z = cap * r
+                z = z * inv_temp
                 q = tl.exp(z - lse)
                 if HAS_WEIGHT:  # noqa: SIM108
                     w = tl.load(W + idx, mask=mask, other=0.0).to(ACC)
@@ -181,9 +188,8 @@ def row_kernel(
                     target = w * (on * t + off)
                 else:
                     target = w * (tl.where(idx == y_safe, on, 0.0) + off)
-                g = q * coef - target * scale
+                g = (q * coef - target * scale) * inv_temp
                 if HAS_CAP:
-                    r = z / cap
                     g = g * (1.0 - r * r)
                 tl.store(g_row + idx, g.to(G.dtype.element_ty), mask=mask)
         else:

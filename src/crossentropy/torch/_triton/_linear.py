@@ -1,12 +1,13 @@
-"""Fused linear + cross-entropy on CUDA: cuBLAS products around the Triton row kernel.
+"""Fused linear + cross-entropy on CUDA: the Triton row kernel as the driver's chunk step.
 
-For each chunk of tokens: ``z = h W^T + b`` (one cuBLAS product into a reused
-``(chunk, V)`` buffer in the input dtype), then the row kernel computes the losses and
-overwrites ``z`` with ``G = dL/dz`` scaled for the reduction, and two more products
-consume it: ``dh = G W`` straight into the hidden gradient, ``dW += G^T h`` accumulated in
-float32.  Three products, ``6 N D V`` FLOPs, no recomputation, no gradient filtering, no
-atomics (deterministic), and no host synchronisation (the ``mean`` divisor stays on the
-device).
+The single-process fused loss (:mod:`.._chunked`) walks the chunks with the fused-chunk
+driver; with ``impl='triton'`` its per-chunk step is :class:`RowStep`: ``z = h W^T + b``
+(one cuBLAS product into a reused ``(chunk, V)`` buffer in the input dtype), then the row
+kernel computes the losses and overwrites ``z`` with ``G = dL/dz`` scaled for the
+reduction, and the driver's two more products consume it: ``dh = G W`` straight into the
+hidden gradient, ``dW += G^T h`` accumulated in float32.  Three products,
+``6 N D V`` FLOPs, no recomputation, no gradient filtering, no atomics (deterministic),
+and no host synchronisation (the ``mean`` divisor stays on the device).
 
 The float32 weight gradient of half-precision weights lives in the memory of the final
 gradient itself: the first ``V // 2`` rows are accumulated as float32 *inside* the
@@ -27,18 +28,17 @@ exact for any upstream gradient, as in the CPU path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
+from .._driver import DirectWeightGrad, Product
+from .._options import Options, compute_dtype
 from . import _kernels
-from ._dense import compute_dtype, launch_rows, reduce, scale_inplace
-from ._options import LinearOptions
+from ._dense import launch_rows, scale_inplace
 
-__all__ = ["CHUNK_BUDGET_BYTES", "apply", "default_chunk_size"]
-
-#: Size the automatic ``chunk_size`` aims for: one ``(chunk, V)`` block of logits.
-CHUNK_BUDGET_BYTES = 512 * 2**20
+__all__ = ["RowStep", "gradient_options"]
 
 #: Rows of a vocabulary block in the fallback float32 accumulation.
 _VOCAB_BLOCK = 8192
@@ -49,13 +49,6 @@ _FIRST_BLOCK = 2**20
 #: Per device: "addmm" when cuBLAS accumulates half products into a float32 ``out`` in
 #: place, "mm" when only a float32 product is available, "" when neither.
 _OUT_DTYPE: dict[torch.device, str] = {}
-
-
-def default_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype) -> int:
-    """Tokens per chunk: a power of two (at least 16) whose logits fit the budget."""
-    per_token = max(1, vocab * dtype.itemsize)
-    size = max(16, 1 << max(0, (CHUNK_BUDGET_BYTES // per_token).bit_length() - 1))
-    return max(1, min(size, num_tokens))
 
 
 def _out_dtype(device: torch.device) -> str:
@@ -156,146 +149,54 @@ class _HalfWeightGrad:
         return self.final
 
 
-def _run(hidden, weight, bias, target, opts: LinearOptions, scale, needs):
-    """Per-token losses and, when ``scale`` is given, the gradients of ``sum scale_i L_i``.
+class RowStep:
+    """The Triton per-chunk step of the fused-chunk driver: the row kernel over the block
+    ``h W^T + b`` in the input dtype, which it overwrites with ``G = dL/dx`` when scales
+    are given."""
 
-    Returns ``(losses, lses, dh, dw, db)``: the losses without the z-loss and the
-    log-sum-exps (0 for ignored tokens), ``dh`` (N, D) in the input dtype, ``dw`` a
-    :class:`_HalfWeightGrad` for half inputs or a (V, D) tensor in the compute dtype,
-    ``db`` (V,) in the compute dtype; each None when not asked for.
-    """
-    num_tokens, dim = hidden.shape
-    vocab = weight.shape[0]
-    dtype = hidden.dtype
-    compute = compute_dtype(dtype)
-    device = hidden.device
-    grads = scale is not None
-    half = compute != dtype
+    def __init__(self, product: Product, target: torch.Tensor, opts: Options) -> None:
+        self.product, self.target, self.opts = product, target, opts
 
-    losses = torch.empty(num_tokens, dtype=compute, device=device)
-    lses = torch.empty_like(losses)
-    dh = torch.empty_like(hidden) if grads and needs[0] else None
-    dw: _HalfWeightGrad | torch.Tensor | None = None
-    half_dw = half and opts.weight_grad == "float32"
-    if grads and needs[1]:
-        if half_dw:
-            dw = _HalfWeightGrad(vocab, dim, dtype, device)
-        else:
-            # float32/float64 weights, or weight_grad="input": the weight's own dtype.
-            dw = torch.zeros(vocab, dim, dtype=dtype, device=device)
-    db = torch.zeros(vocab, dtype=compute, device=device) if grads and needs[2] else None
-    chunk = opts.chunk_size or default_chunk_size(num_tokens, vocab, dtype)
-    rows = min(chunk, num_tokens)
-    zbuf = torch.empty(rows, vocab, dtype=dtype, device=device)
-    wt = weight.t()
-    per_row = scale is not None and scale.ndim == 1
-
-    for start in range(0, num_tokens, chunk):
-        stop = min(start + chunk, num_tokens)
-        n = stop - start
-        h = hidden[start:stop]
-        z = zbuf[:n]
-        if bias is None:
-            torch.mm(h, wt, out=z)
-        else:
-            torch.addmm(bias, h, wt, out=z)
-        losses[start:stop], lses[start:stop] = launch_rows(
-            z,
-            target[start:stop],
+    def __call__(self, a: int, b: int, scales: tuple[torch.Tensor, torch.Tensor] | None):
+        x = self.product.raw(a, b)
+        if scales is None:
+            loss, lse = launch_rows(x, self.target[a:b], None, self.opts)
+            return loss, lse, None, None
+        loss, lse = launch_rows(
+            x,
+            self.target[a:b],
             None,
-            soft=False,
-            ignore_index=opts.ignore_index,
-            label_smoothing=opts.label_smoothing,
-            z_loss=opts.z_loss,
-            softcap=opts.softcap,
-            divergence=False,
-            grad=z if grads else None,
-            scale=(scale[start:stop] if per_row else scale) if grads else None,
-            block=opts.block,
+            self.opts,
+            grad=x,
+            scale=scales[0][a:b],
+            zscale=scales[1][a:b],
         )
-        if not grads:
-            continue
-        # z now holds G = dL/dz, already scaled.
-        if db is not None:
-            db += z.sum(0, dtype=compute)
-        if dh is not None:
-            torch.mm(z, weight, out=dh[start:stop])
-        if dw is None:
-            continue
-        if isinstance(dw, _HalfWeightGrad):
-            dw.add(z, h)
-        else:
-            dw.addmm_(z.t(), h)
-    return losses, lses, dh, dw, db
+        return loss, lse, x, x
 
 
-def _denominator(target: torch.Tensor, ignore: int, dtype: torch.dtype) -> torch.Tensor:
-    """The counted tokens, 0 replaced by 1: the divisor of both parts of ``mean`` (no
-    class weights here)."""
-    denom = (target != ignore).sum(dtype=dtype)
-    denom = torch.where(denom != 0, denom, torch.ones_like(denom))
-    return torch.stack([denom, denom])
+class _FinishHalf:
+    """:class:`_HalfWeightGrad` as the driver's weight-gradient accumulator."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.acc = _HalfWeightGrad(weight.shape[0], weight.shape[1], weight.dtype, weight.device)
+
+    def add(self, g: torch.Tensor, h: torch.Tensor) -> None:
+        self.acc.add(g, h)
+
+    def finish(self, upstream: torch.Tensor | None) -> torch.Tensor:
+        if upstream is None:
+            upstream = torch.ones((), device=self.acc.final.device)
+        return self.acc.finish(upstream)
 
 
-def _finish(dh, dw, db, bias, grad):
-    """Scale by the upstream gradient (skipped on the device when it is 1), cast."""
-    if dh is not None:
-        scale_inplace(dh, grad)
-    if isinstance(dw, _HalfWeightGrad):
-        dw = dw.finish(grad)
-    elif dw is not None:
-        scale_inplace(dw, grad)
-    if db is not None:
-        db = (db * grad.to(db.dtype)).to(bias.dtype)
-    return dh, dw, db
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, target, opts: LinearOptions):  # type: ignore[override]
-        compute = compute_dtype(hidden.dtype)
-        in_forward = any(opts.needs_grad) and opts.reduction != "none"
-        denom = _denominator(target, opts.ignore_index, compute)
-        scale = None
-        if in_forward:
-            scale = 1.0 / denom[0] if opts.reduction == "mean" else torch.ones_like(denom[0])
-        losses, lses, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
-        ctx.opts = opts
-        ctx.state = (dh, dw, db) if in_forward else None
-        if any(opts.needs_grad):
-            ctx.save_for_backward(hidden, weight, bias, target, denom)
-        return reduce(losses, lses, opts.z_loss, opts.reduction, denom)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        opts = ctx.opts
-        hidden, weight, bias, target, denom = ctx.saved_tensors
-        compute = compute_dtype(hidden.dtype)
-        if ctx.state is not None:
-            # First backward of mean/sum: the gradients were computed in forward.
-            (dh, dw, db), ctx.state = ctx.state, None
-            dh, dw, db = _finish(dh, dw, db, bias, grad.reshape(()))
-            return dh, dw, db, None, None
-        if opts.reduction == "none":
-            scale = grad.reshape(-1).to(compute).contiguous()
-        elif opts.reduction == "sum":
-            scale = grad.reshape(()).to(compute)
-        else:
-            scale = grad.reshape(()).to(compute) / denom[0]
-        _, _, dh, dw, db = _run(hidden, weight, bias, target, opts, scale, opts.needs_grad)
-        one = torch.ones((), dtype=compute, device=hidden.device)
-        dh, dw, db = _finish(dh, dw, db, bias, one)
-        return dh, dw, db, None, None
-
-
-@torch.compiler.disable
-def apply(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    opts: LinearOptions,
-) -> torch.Tensor:
-    """Run the fused loss on (N, D) ``hidden`` and (N,) int64 ``target``."""
-    return _LinearCrossEntropy.apply(hidden, weight, bias, target, opts)
+def gradient_options(opts: Options, dtype: torch.dtype) -> dict[str, Any]:
+    """The driver's :class:`~.._driver.Gradients` keywords for the Triton path: on-device
+    scaling (skipped when the upstream gradient is 1) and the weight-gradient accumulator
+    of ``opts.tuning.weight_grad``."""
+    out: dict[str, Any] = {"scale": scale_inplace}
+    if compute_dtype(dtype) != dtype:
+        if opts.tuning.weight_grad == "float32":
+            out["weight_grad"] = _FinishHalf
+        else:  # "input": the weight's own dtype, each chunk's product rounded once
+            out["weight_grad"] = lambda w: DirectWeightGrad(w, w.dtype, scale_inplace)
+    return out
