@@ -180,6 +180,16 @@ class Options:
         """Whether the logits are changed before the loss (softcap or temperature)."""
         return self.softcap is not None or self.temperature != 1.0
 
+    def shared(self) -> list[Any]:
+        """What every rank of a vocabulary-parallel group must agree on: every loss
+        option (``normalize_by`` only as given or not; the way of computing, chunk size
+        and backend extras may differ)."""
+        return [
+            (f.name, _shown(getattr(self, f.name)))
+            for f in dataclasses.fields(self)
+            if f.name not in _PER_RANK
+        ]
+
     def describe(self) -> str:
         """``extra_repr`` of the modules: the options that differ from the defaults."""
         parts = [f"reduction={self.reduction!r}", f"ignore_index={self.ignore_index}"]
@@ -191,6 +201,15 @@ class Options:
 
 
 _DEFAULT_TUNING = TritonOptions()
+#: Fields that choose how a rank computes, not what: they may differ between ranks.
+_PER_RANK = frozenset({"chunk_size", "impl", "triton", "parallel"})
+
+
+def _shown(value: Any) -> Any:
+    """A JSON-able stand-in: a tensor (``normalize_by``) only as "given"."""
+    return "given" if isinstance(value, torch.Tensor) else value
+
+
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Options)}
 
 

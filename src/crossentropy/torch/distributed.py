@@ -127,19 +127,16 @@ the same on every rank of it.  ``benchmarks/bench_distributed.py`` is such a scr
 
 from __future__ import annotations
 
-import hashlib
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from . import _checks, _reference
-from . import _distributed_core as core
-from . import _distributed_dense as dense
-from . import _distributed_fused as fused
+from . import _checks, _parallel, _reduction
+from . import _parallel_functions as functions
+from ._options import Options, compute_dtype
 
 __all__ = [
     "global_token_count",
@@ -192,7 +189,7 @@ def global_token_count(
     targets = [target] if isinstance(target, torch.Tensor) else list(target)
     if not targets:
         raise ValueError("target must be a tensor or a non-empty sequence of tensors")
-    ignore = _checks.ignore_index(ignore_index)
+    ignore = Options(ignore_index=ignore_index).ignore_index
     device = targets[0].device
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i, t in enumerate(targets):
@@ -204,132 +201,6 @@ def global_token_count(
             total = total + (t != ignore).sum().to(total)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return total
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def _unwrap(value: Any, name: str, placement: str, dim: int) -> tuple[Any, Any]:
-    """A DTensor's local tensor and its mesh's group, after checking its placement."""
-    if type(value).__name__ != "DTensor":
-        return value, None
-    from torch.distributed.tensor import Replicate, Shard
-
-    mesh = value.device_mesh
-    if mesh.ndim != 1:
-        raise ValueError(f"{name} (DTensor) must live on a one-dimensional device mesh")
-    (place,) = value.placements
-    ok = (
-        isinstance(place, Replicate)
-        if placement == "replicate"
-        else isinstance(place, Shard) and place.dim % value.ndim == dim % value.ndim
-    )
-    if not ok:
-        want = "Replicate()" if placement == "replicate" else f"Shard({dim})"
-        raise ValueError(f"{name} (DTensor) must be placed {want}, got {place}")
-    return value.to_local(), mesh.get_group()
-
-
-def _group_of(groups: list[Any], group: Any) -> Any:
-    found = [g for g in groups if g is not None]
-    if group is None and found:
-        group = found[0]
-    return group
-
-
-def _normalizer(value: Any, reduction: str) -> Any:
-    if value is None:
-        return None
-    if reduction != "mean":
-        raise ValueError(
-            f"normalize_by replaces the divisor of reduction='mean'; got reduction={reduction!r}"
-        )
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype.is_complex or value.dtype == torch.bool:
-            raise ValueError(
-                f"normalize_by must be a real scalar tensor, got shape {tuple(value.shape)} "
-                f"and dtype {value.dtype}"
-            )
-        return value.reshape(())
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"normalize_by must be a number or a scalar tensor, got {value!r}")
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"normalize_by must be finite and >= 0, got {value!r}")
-    return number
-
-
-def _counted(target: torch.Tensor, soft: bool, ignore: int) -> torch.Tensor:
-    """1 for each counted token of the flat target, else 0 (every row of probabilities)."""
-    if soft:
-        return torch.ones(target.shape[0], device=target.device)
-    return (target != ignore).float()
-
-
-def _reduce(loss, zl, omega, counted, reduction, normalize_by, batch):
-    """The reduction of the per-token loss and z-loss: ``mean`` averages the loss over
-    ``sum omega`` and the z-loss over the counted tokens (the reference's rule), or both
-    over ``normalize_by`` when it is given."""
-    if normalize_by is None:
-        return _reference.reduce(loss, omega, reduction, zl, counted.to(zl)).reshape(
-            batch if reduction == "none" else ()
-        )
-    total = loss.sum() + zl.sum()
-    denom = normalize_by
-    if not isinstance(denom, torch.Tensor):
-        return total / denom if denom else total * 0.0
-    denom = denom.to(total)
-    # A where() on the quotient would leak NaN into the gradient; guard the divisor.
-    return total / torch.where(denom != 0, denom, 1.0)
-
-
-def _label_fields(target: torch.Tensor, ignore: int, validate: bool) -> dict[str, Any]:
-    """With ``validate``: the range of the counted labels and a digest of the labels."""
-    if not validate:
-        return {"labels": None, "digest": None}
-    flat = target.reshape(-1)
-    counted = flat[flat != ignore]
-    span = None if counted.numel() == 0 else [int(counted.min()), int(counted.max())]
-    digest = hashlib.sha1(flat.long().cpu().numpy().tobytes()).hexdigest()
-    return {"labels": span, "digest": digest}
-
-
-def _check_labels(records: list[dict[str, Any]], vocab: int, ignore: int, name: str) -> None:
-    for rank, record in enumerate(records):
-        span = record.get("labels")
-        if span is None:
-            continue
-        low, high = span
-        bad = low if low < 0 else high if high >= vocab else None
-        if bad is not None:
-            raise ValueError(
-                f"{name}: target (class indices) must lie in [0, {vocab}) or equal "
-                f"ignore_index={ignore}: found {bad} on rank {rank}"
-            )
-
-
-def _exchange(
-    desc: core._Descriptor,
-    *,
-    exchange: bool,
-    group: Any,
-    device: torch.device,
-    rank: int,
-    local_size: int,
-    sizes: tuple[int, ...] | None,
-    world: int,
-    name: str,
-) -> tuple[core.Layout, list[dict[str, Any]] | None]:
-    records = core.agree(desc, group=group, device=device, name=name) if exchange else None
-    layout = core.resolve_layout(
-        records,
-        rank=rank,
-        local_size=local_size,
-        vocab_sizes=sizes,
-        world=world,
-        name=name,
-    )
-    return layout, records
 
 
 # --------------------------------------------------------------------------- the losses
@@ -347,8 +218,10 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    temperature: float = 1.0,
     normalize_by: torch.Tensor | float | None = None,
-    validate: bool = False,
+    validate: bool | None = None,
+    agree: bool | None = None,
 ) -> torch.Tensor:
     r"""Cross-entropy of logits whose class dimension is split across a process group.
 
@@ -419,83 +292,67 @@ def vocab_parallel_cross_entropy(
         # == crossentropy.torch.cross_entropy(z, target, label_smoothing=0.1)
     """
     name = "vocab_parallel_cross_entropy"
-    logits_shard, g1 = _unwrap(logits_shard, "logits_shard", "shard", -1)
+    logits_shard, g1 = _parallel.unwrap(logits_shard, "logits_shard", "shard", -1)
     soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
-    target, g2 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    target, g2 = _parallel.unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
     target = _checks.as_labels(target)
-    weight, g3 = _unwrap(weight, "weight", "shard", 0)
-    group = _group_of([g1, g2, g3], group)
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    exchange = vocab_sizes is None or validate
-    desc = core._Descriptor()
-    sizes = None
-    local_size = 0
-    soft = False
-    try:
+    weight, g3 = _parallel.unwrap(weight, "weight", "shard", 0)
+    group = _parallel.group_of([g1, g2, g3], group)
+
+    def local(opts: Options, reads: bool) -> _parallel.Local:
         _checks.floating(logits_shard, "logits_shard")
         if logits_shard.ndim < 1:
             raise ValueError("logits_shard must have a class dimension (the last)")
-        local_size = int(logits_shard.shape[-1])
-        ignore = _checks.ignore_index(ignore_index)
-        soft = _checks.target(target, tuple(logits_shard.shape), False, ignore)
-        _check_class_weight(weight, "weight", local_size, validate)
-        reduction = _checks.reduction(reduction)
-        eps = _checks.label_smoothing(label_smoothing)
-        coef = _checks.z_loss(z_loss)
-        cap = _checks.softcap(softcap)
-        norm = _normalizer(normalize_by, reduction)
-        sizes = core.check_vocab_sizes(vocab_sizes, world)
-        fields = _target_fields(target, soft, ignore, validate)
-    except (TypeError, ValueError) as error:
-        if not exchange:
-            raise
-        desc.fail(error)
-        fields = {"labels": None, "digest": None}
-    if not desc.error:
-        desc.fields = {
-            "size": local_size,
-            "batch": list(logits_shard.shape[:-1]),
-            "dtype": str(logits_shard.dtype),
-            "soft": soft,
-            "weight": weight is not None,
-            "vocab_sizes": None if sizes is None else list(sizes),
-            "options": [ignore, reduction, eps, coef, cap, None if norm is None else "given"],
-            "digest": fields["digest"],
-            "labels": fields["labels"],
-        }
-    device = logits_shard.device if isinstance(logits_shard, torch.Tensor) else None
-    layout, records = _exchange(
-        desc,
-        exchange=exchange,
+        size = int(logits_shard.shape[-1])
+        soft = _checks.target(target, tuple(logits_shard.shape), False, opts.ignore_index)
+        _check_class_weight(weight, "weight", size, reads)
+        fields = {"weight": weight is not None}
+        return _parallel.Local(
+            size, tuple(logits_shard.shape[:-1]), logits_shard.dtype, soft, fields
+        )
+
+    call = _parallel.prepare(
+        name,
+        options=lambda: Options(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            temperature=temperature,
+            normalize_by=normalize_by,
+        ),
+        local=local,
+        tensor=logits_shard,
+        target=target,
         group=group,
-        device=device or torch.device("cpu"),
-        rank=rank,
-        local_size=local_size,
-        sizes=sizes,
-        world=world,
-        name=name,
+        vocab_sizes_=vocab_sizes,
+        validate=validate,
+        agree_=agree,
     )
-    if validate and not soft:
-        _check_labels(records or [], layout.vocab, ignore, name)
     batch = tuple(logits_shard.shape[:-1])
-    rows = math.prod(batch)
-    flat = logits_shard.reshape(rows, local_size)
-    flat_target = target.reshape(rows, local_size) if soft else target.reshape(rows).long()
-    if validate and soft:
-        _check_row_sums(flat_target, group, flat.dtype, name)
-    opts = dense.Options(
-        layout=layout,
-        group=group,
-        soft=soft,
-        ignore_index=ignore,
-        label_smoothing=eps,
-        z_loss=coef,
-        softcap=cap,
-        chunk_size=core.chunk_rows(flat.shape[0], local_size, flat.dtype, 2),
-    )
-    loss, zl, omega = dense.apply(flat, flat_target, None if weight is None else weight, opts)
-    return _reduce(loss, zl, omega, _counted(flat_target, soft, ignore), reduction, norm, batch)
+    width = logits_shard.shape[-1]
+    flat = logits_shard.reshape(math.prod(batch), width)
+    labels = target.reshape(flat.shape[0], width) if call.soft else target.reshape(-1).long()
+    if validate and call.soft:
+        _parallel.check_row_sums(labels, call.opts, flat.dtype, name)
+    loss, zl, omega = functions.dense(flat, labels, weight, call.opts)
+    return _reduced(loss, zl, omega, labels, call.opts, batch)
+
+
+def _reduced(
+    loss: torch.Tensor,
+    zl: torch.Tensor,
+    omega: torch.Tensor,
+    target: torch.Tensor,
+    opts: Options,
+    batch: tuple[int, ...],
+) -> torch.Tensor:
+    """The reduction of the per-token results, as every loss reduces (:mod:`._reduction`)."""
+    _, counted = _reduction.omega_and_counted(target, None, opts, compute_dtype(loss.dtype))
+    divs = _reduction.divisors(omega, counted, opts)
+    out = _reduction.reduce(loss, zl if opts.z_loss else None, opts, divs)
+    return out.reshape(batch) if opts.reduction == "none" else out
 
 
 def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:
@@ -505,29 +362,6 @@ def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) 
     )
     if value is not None and value.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} (class weights) gets no gradient here; pass {name}.detach()")
-
-
-def _target_fields(target: torch.Tensor, soft: bool, ignore: int, validate: bool) -> dict:
-    """The label descriptor fields (labels), after the local data checks of ``validate``."""
-    if not soft:
-        return _label_fields(target, ignore, validate)
-    if validate and (bool((target < 0).any()) or not bool(torch.isfinite(target).all())):
-        raise ValueError("target (probabilities) must be finite and non-negative")
-    return {"labels": None, "digest": None}
-
-
-def _check_row_sums(target: torch.Tensor, group: Any, dtype: torch.dtype, name: str) -> None:
-    """Rows of sharded probabilities sum to 1 over the global vocabulary (one all_reduce)."""
-    sums = target.to(torch.float64).sum(-1)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    tol = 1e-6 if dtype == torch.float64 else 1e-3
-    bad = (sums - 1.0).abs() > tol
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{name}: target (probabilities) rows must sum to 1 over the vocabulary; row {row} "
-            f"sums to {float(sums[row]):.6g}"
-        )
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -544,10 +378,12 @@ def vocab_parallel_linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    temperature: float = 1.0,
     chunk_size: int | None = None,
     normalize_by: torch.Tensor | float | None = None,
     reduce_hidden_grad: bool = True,
-    validate: bool = False,
+    validate: bool | None = None,
+    agree: bool | None = None,
 ) -> torch.Tensor:
     r"""Fused ``hidden @ weight.T (+ bias)`` and cross-entropy with the weight split by rows.
 
@@ -604,23 +440,16 @@ def vocab_parallel_linear_cross_entropy(
         loss.backward()     # h.grad summed over the group, w_shard.grad local
     """
     name = "vocab_parallel_linear_cross_entropy"
-    hidden, g1 = _unwrap(hidden, "hidden", "replicate", 0)
-    weight_shard, g2 = _unwrap(weight_shard, "weight_shard", "shard", 0)
-    bias, g3 = _unwrap(bias, "bias", "shard", 0)
+    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
+    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
+    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
     soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
-    target, g4 = _unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
+    target, g4 = _parallel.unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
     target = _checks.as_labels(target)
-    class_weight, g5 = _unwrap(class_weight, "class_weight", "shard", 0)
-    group = _group_of([g1, g2, g3, g4, g5], group)
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    exchange = vocab_sizes is None or validate
-    desc = core._Descriptor()
-    sizes = None
-    local_size = 0
-    fields = {"labels": None, "digest": None}
-    soft = False
-    try:
+    class_weight, g5 = _parallel.unwrap(class_weight, "class_weight", "shard", 0)
+    group = _parallel.group_of([g1, g2, g3, g4, g5], group)
+
+    def local(opts: Options, reads: bool) -> _parallel.Local:
         _checks.floating(hidden, "hidden")
         _checks.floating(weight_shard, "weight_shard")
         if hidden.ndim < 1 or weight_shard.ndim != 2 or weight_shard.shape[1] != hidden.shape[-1]:
@@ -629,75 +458,45 @@ def vocab_parallel_linear_cross_entropy(
                 f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
             )
         _checks.same_dtype(hidden, "hidden", weight_shard=weight_shard)
-        local_size = int(weight_shard.shape[0])
+        size = int(weight_shard.shape[0])
         if bias is not None:
             _checks.floating(bias, "bias")
-            if tuple(bias.shape) != (local_size,):
-                raise ValueError(f"bias must have shape ({local_size},), got {tuple(bias.shape)}")
+            if tuple(bias.shape) != (size,):
+                raise ValueError(f"bias must have shape ({size},), got {tuple(bias.shape)}")
             _checks.same_dtype(hidden, "hidden", bias=bias)
-        ignore = _checks.ignore_index(ignore_index)
-        soft = _checks.target(target, (*hidden.shape[:-1], local_size), False, ignore)
+        soft = _checks.target(target, (*hidden.shape[:-1], size), False, opts.ignore_index)
         if soft and target.requires_grad and torch.is_grad_enabled():
             raise ValueError("target (probabilities) gets no gradient here; pass target.detach()")
-        _check_class_weight(class_weight, "class_weight", local_size, validate)
-        reduction = _checks.reduction(reduction)
-        eps = _checks.label_smoothing(label_smoothing)
-        coef = _checks.z_loss(z_loss)
-        cap = _checks.softcap(softcap)
-        chunk = _checks.chunk_size(chunk_size)
-        norm = _normalizer(normalize_by, reduction)
-        sizes = core.check_vocab_sizes(vocab_sizes, world)
-        fields = _target_fields(target, soft, ignore, validate)
-    except (TypeError, ValueError) as error:
-        if not exchange:
-            raise
-        desc.fail(error)
-    if not desc.error:
-        desc.fields = {
-            "size": local_size,
-            "batch": list(hidden.shape),
-            "dtype": str(hidden.dtype),
-            "soft": soft,
-            "weight": class_weight is not None,
-            "bias": bias is not None,
-            "vocab_sizes": None if sizes is None else list(sizes),
-            "options": [ignore, reduction, eps, coef, cap, None if norm is None else "given"],
-            "digest": fields["digest"],
-            "labels": fields["labels"],
-        }
-    device = hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
-    layout, records = _exchange(
-        desc,
-        exchange=exchange,
+        _check_class_weight(class_weight, "class_weight", size, reads)
+        fields = {"weight": class_weight is not None, "bias": bias is not None}
+        return _parallel.Local(size, tuple(hidden.shape), hidden.dtype, soft, fields)
+
+    call = _parallel.prepare(
+        name,
+        options=lambda: Options(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            temperature=temperature,
+            normalize_by=normalize_by,
+            chunk_size=chunk_size,
+        ),
+        local=local,
+        tensor=hidden,
+        target=target,
         group=group,
-        device=device,
-        rank=rank,
-        local_size=local_size,
-        sizes=sizes,
-        world=world,
-        name=name,
+        vocab_sizes_=vocab_sizes,
+        validate=validate,
+        agree_=agree,
+        reduce_hidden_grad=reduce_hidden_grad,
     )
-    if validate and not soft:
-        _check_labels(records or [], layout.vocab, ignore, name)
     batch = tuple(hidden.shape[:-1])
     flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
-    labels = target.reshape(flat.shape[0], local_size) if soft else target.reshape(-1).long()
-    if validate and soft:
-        _check_row_sums(labels, group, flat.dtype, name)
-    if chunk is None:
-        # Blocks per chunk: the logits, tanh with softcap, two target temporaries if soft.
-        copies = 1 + (cap is not None) + 2 * soft
-        chunk = core.chunk_rows(flat.shape[0], local_size, hidden.dtype, copies)
-    opts = fused.Options(
-        layout=layout,
-        group=group,
-        ignore_index=ignore,
-        label_smoothing=eps,
-        z_loss=coef,
-        softcap=cap,
-        chunk_size=chunk,
-        reduce_hidden_grad=bool(reduce_hidden_grad),
-        soft=soft,
-    )
-    loss, zl, omega = fused.apply(flat, weight_shard, bias, labels, class_weight, opts)
-    return _reduce(loss, zl, omega, _counted(labels, soft, ignore), reduction, norm, batch)
+    width = weight_shard.shape[0]
+    labels = target.reshape(flat.shape[0], width) if call.soft else target.reshape(-1).long()
+    if validate and call.soft:
+        _parallel.check_row_sums(labels, call.opts, flat.dtype, name)
+    loss, zl, omega = functions.fused(flat, weight_shard, bias, labels, class_weight, call.opts)
+    return _reduced(loss, zl, omega, labels, call.opts, batch)

@@ -15,9 +15,7 @@ from .._options import Options, TritonOptions
 __all__ = ["DenseOptions", "LinearOptions"]
 
 
-def DenseOptions(
-    *, block: int | None = None, inplace: bool = False, **loss: Any
-) -> Options:
+def DenseOptions(*, block: int | None = None, inplace: bool = False, **loss: Any) -> Options:
     """Options of :func:`triton_cross_entropy` and :func:`triton_kl_loss`.
 
     ``inplace=True`` lets the gradient overwrite the logits in the forward pass (the
