@@ -78,8 +78,9 @@ def not_sharded(**tensors: object) -> None:
     ValueError that says what to do, before any kernel mixes it with plain tensors."""
     for name, value in tensors.items():
         if type(value).__name__ == "DTensor":
+            placements = tuple(getattr(value, "placements", ()))
             raise ValueError(
-                f"{name} is a DTensor (placements {tuple(value.placements)}): the "
+                f"{name} is a DTensor (placements {placements}): the "
                 "single-process loss needs plain tensors.  Call it where the parameter is "
                 "unsharded (inside the module's forward under FSDP2, as "
                 "crossentropy.transformers.patch does), pass the local tensor "

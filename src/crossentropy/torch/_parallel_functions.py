@@ -109,7 +109,8 @@ class _Dense(torch.autograd.Function):
         source = Rows(logits, opts, rows, keep_tanh=True)
         eps = opts.label_smoothing
         for a, b in spans(num_tokens, rows):
-            z, tanh = source.logits(a, b, out=dlogits[a:b] if direct else None)
+            out = dlogits[a:b] if direct and dlogits is not None else None
+            z, tanh = source.logits(a, b, out=out)
             if dtarget is not None:  # d/dt_c of sum_c u_c (lse - z_c), u = w ((1-eps) t + eps/V)
                 dt = (part.lse[a:b].unsqueeze(1) - z) * ((1.0 - eps) * s[a:b]).unsqueeze(1)
                 dtarget[a:b] = dt if head.w is None else dt * head.w
@@ -117,7 +118,7 @@ class _Dense(torch.autograd.Function):
                 continue
             gradient_(z, head, part.rows(a, b), a, s[a:b], sz[a:b])
             chain_(z, opts, tanh)
-            if not direct:
+            if out is None:
                 dlogits[a:b] = z
         return dlogits, dtarget, None, None
 
