@@ -711,6 +711,83 @@ def dtensor_inputs(rank, world):
     same_error_everywhere(wrong_placement, "must be placed Shard(-1)")
 
 
+def _temperature_oracle(x, target, *, temperature, cap, eps, zl, reduction):
+    """Independent float64 oracle: F.log_softmax(softcap(x) / T), then label smoothing over
+    the whole vocabulary, the z-loss on logsumexp(z) per counted token; 'mean' divides the
+    cross-entropy by the counted tokens (no class weights here) and the z-loss likewise."""
+    import torch.nn.functional as F
+
+    z = x if cap is None else cap * torch.tanh(x / cap)
+    z = z / temperature
+    logq = F.log_softmax(z, -1)
+    classes = z.shape[-1]
+    if target.dtype.is_floating_point:
+        smoothed = (1 - eps) * target + eps / classes
+        loss = -(smoothed * logq).sum(-1)
+        counted = torch.ones(loss.shape, dtype=torch.bool)
+    else:
+        counted = target != -100
+        safe = torch.where(counted, target, 0)
+        nll = -logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        loss = torch.where(counted, (1 - eps) * nll - eps * logq.mean(-1), 0.0)
+    zsq = torch.where(counted, zl * torch.logsumexp(z, -1).square(), 0.0)
+    if reduction == "none":
+        return loss + zsq
+    if reduction == "sum":
+        return loss.sum() + zsq.sum()
+    return (loss.sum() + zsq.sum()) / counted.sum()
+
+
+@check
+def temperature_against_log_softmax(rank, world):
+    sizes = SPLITS[world][0]
+    classes = sum(sizes)
+    a, b = bounds(sizes, rank)
+    grid = itertools.product(
+        (False, True), ("mean", "sum", "none"), (0.5, 1.7), ((0.0, 0.0, None), (0.1, 1e-2, 3.0))
+    )
+    for i, (soft, reduction, temperature, (eps, zl, cap)) in enumerate(grid):
+        if i % STRIDE[world]:
+            continue
+        what = f"soft={soft} {reduction} T={temperature} eps={eps} z={zl} cap={cap}"
+        opts = dict(
+            reduction=reduction,
+            label_smoothing=eps,
+            z_loss=zl,
+            softcap=cap,
+            temperature=temperature,
+        )
+        oracle = dict(temperature=temperature, cap=cap, eps=eps, zl=zl, reduction=reduction)
+        gen = torch.Generator().manual_seed(1000 + i)
+        n, d = 8, 3
+        hidden = torch.randn(n, d, generator=gen, dtype=F64)
+        weight = 2 * torch.randn(classes, d, generator=gen, dtype=F64)
+        _, target = make((n,), classes, seed=1100 + i, soft=soft)
+        upstream = torch.rand(n if reduction == "none" else (), generator=gen, dtype=F64) + 0.5
+        # Dense: the logits shard against the oracle on the whole logits.
+        full = (hidden @ weight.T).requires_grad_()
+        ref = _temperature_oracle(full, target, **oracle)
+        ref.backward(upstream)
+        shard = (hidden @ weight[a:b].T).requires_grad_()
+        t_shard = target[:, a:b] if soft else target
+        out = vocab_parallel_cross_entropy(shard, t_shard, **opts)
+        out.backward(upstream)
+        close(out, ref.detach(), f"dense loss {what}")
+        close(shard.grad, full.grad[:, a:b], f"dense logits grad {what}")
+        # Fused: hidden and the weight's rows against the oracle through the product.
+        h_ref = hidden.clone().requires_grad_()
+        w_ref = weight.clone().requires_grad_()
+        ref = _temperature_oracle(h_ref @ w_ref.T, target, **oracle)
+        ref.backward(upstream)
+        h = hidden.clone().requires_grad_()
+        w = weight[a:b].clone().requires_grad_()
+        out = vocab_parallel_linear_cross_entropy(h, w, t_shard, chunk_size=3, **opts)
+        out.backward(upstream)
+        close(out, ref.detach(), f"fused loss {what}")
+        close(h.grad, h_ref.grad, f"fused hidden grad {what}")
+        close(w.grad, w_ref.grad[a:b], f"fused weight grad {what}")
+
+
 # ------------------------------------------------------------------------- the harness
 
 
