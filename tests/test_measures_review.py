@@ -287,11 +287,30 @@ def test_huge_python_int_labels_are_refused():
 
 
 @pytest.mark.parametrize("f", ALL, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("option", ["validate", "keepdims"])
 @pytest.mark.parametrize("value", [None, 1, 0, "yes", 1.0, [True]])
-def test_flags_must_be_bool(f, option, value):
-    with pytest.raises(TypeError, match=esc(f"{option} must be True or False, got {value!r}")):
-        call(f, U, **{option: value})
+def test_flags_must_be_bool(f, value):
+    with pytest.raises(TypeError, match=esc(f"keepdims must be True or False, got {value!r}")):
+        call(f, U, keepdims=value)
+
+
+@pytest.mark.parametrize("f", ALL, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("value", [1, 0, "yes", 1.0, [True]])
+def test_validate_must_be_a_bool_or_none(f, value):
+    # None is the default (issue 12: one meaning everywhere): check where it is free.
+    with pytest.raises(
+        TypeError, match=esc(f"validate must be True, False or None, got {value!r}")
+    ):
+        call(f, U, validate=value)
+
+
+@pytest.mark.parametrize("f", ALL, ids=lambda f: f.__name__)
+def test_validate_none_checks_numpy_data(f):
+    # Issue 11 found validate=None skipping every check; as the default it checks NumPy.
+    bad = np.array([0.7, 0.7])
+    with pytest.raises(ValueError, match="sum to 1"):
+        call(f, bad, validate=None)
+    with pytest.raises(ValueError, match="sum to 1"):
+        call(f, bad)
 
 
 @pytest.mark.parametrize("f", ALL, ids=lambda f: f.__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 from typing import Any
 
 import array_api_compat
@@ -94,6 +95,38 @@ def check_flag(value: Any, name: str) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_validate(value: Any) -> bool | None:
+    """``validate``: True, False or None (the default: check where it costs nothing)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"validate must be True, False or None, got {value!r}")
+
+
+def checks_are_free(*arrays: Any) -> bool:
+    """Whether reading these arrays' values costs no host synchronisation: what
+    ``validate=None`` (the default of every measure and loss) decides by.
+
+    True for NumPy arrays and Python data, CPU torch tensors outside ``torch.compile``
+    and concrete JAX arrays on the CPU; False for tensors on an accelerator (or the meta
+    device) and for traced values (``jax.jit``, ``torch.compile``).
+    """
+    torch = sys.modules.get("torch")  # a torch tensor exists only if torch is imported
+    for x in arrays:
+        if torch is not None and isinstance(x, torch.Tensor):
+            if x.device.type != "cpu" or torch.compiler.is_compiling():
+                return False
+        elif array_api_compat.is_jax_array(x):
+            import jax
+
+            if isinstance(x, jax.core.Tracer):
+                return False
+            if any(d.platform != "cpu" for d in x.devices()):
+                return False
+    return True
 
 
 def _default_float(xp: Any, device: Any) -> Any:

@@ -25,6 +25,8 @@ from ._array import (
     check_axis,
     check_flag,
     check_measure_base,
+    check_validate,
+    checks_are_free,
     compute_dtype,
     dtype_name,
     namespace,
@@ -268,7 +270,7 @@ class _Prepared(NamedTuple):
     axis: int  # in the broadcast input, for keepdims
 
 
-def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
+def _prepare(named: dict[str, Any], axis: Any, validate: bool | None) -> _Prepared:
     forms, raw = {}, {}
     for name, value in named.items():
         forms[name], raw[name] = _unwrap(value, name)
@@ -312,6 +314,8 @@ def _prepare(named: dict[str, Any], axis: Any, validate: bool) -> _Prepared:
     if len(batch) == 2:
         broadcast_shapes("p", batch["p"], "q", batch["q"])
 
+    if validate is None:
+        validate = checks_are_free(*arrays.values())
     if validate:
         check = {
             "probabilities": _checks.probabilities,
@@ -370,12 +374,12 @@ def _finish(prep: _Prepared, rows: Any, base: float | None, keepdims: bool) -> A
 # ----------------------------------------------------------------------------- public API
 
 
-def _options(base: Any, keepdims: Any, validate: Any) -> tuple[float | None, bool, bool]:
+def _options(base: Any, keepdims: Any, validate: Any) -> tuple[float | None, bool, bool | None]:
     """The shared options checked: ``log(base)`` (None for nats) and the two flags."""
     return (
         check_measure_base(base),
         check_flag(keepdims, "keepdims"),
-        check_flag(validate, "validate"),
+        check_validate(validate),
     )
 
 
@@ -398,7 +402,7 @@ def entropy(
     axis: int = -1,
     base: float | None = None,
     keepdims: bool = False,
-    validate: bool = True,
+    validate: bool | None = None,
 ) -> Any:
     r"""Shannon entropy of ``p`` along ``axis``.
 
@@ -415,11 +419,16 @@ def entropy(
         Logarithm base, a real number > 1: ``None`` for nats, ``2`` for bits.
     keepdims : bool, optional
         Keep the event axis with length 1.
-    validate : bool, optional
-        Check the data (NaN, negative values, normalisation, labels in range). ``False``
-        skips it, for speed and under ``jax.jit``: the formula then runs on the data as
-        given, unchecked, except that a row whose label lies outside ``[0, K)`` comes out
-        NaN (on every backend; never another class's value, never an ``IndexError``).
+    validate : bool or None, optional
+        Check the data (NaN, negative values, normalisation, labels in range).  The
+        default ``None`` checks wherever that costs no host synchronisation -- NumPy
+        arrays and lists, CPU torch tensors outside ``torch.compile``, concrete JAX arrays
+        on the CPU -- and skips it on accelerators and under ``jax.jit`` or
+        ``torch.compile``; ``True`` always checks (a host synchronisation on a GPU),
+        ``False`` never: the formula then runs on the data as given, unchecked, except
+        that a row whose label lies outside ``[0, K)`` comes out NaN (on every backend;
+        never another class's value, never an ``IndexError``).  The same rule as the
+        losses of :mod:`crossentropy.torch`.
 
     Returns
     -------
@@ -471,7 +480,7 @@ def cross_entropy(
     axis: int = -1,
     base: float | None = None,
     keepdims: bool = False,
-    validate: bool = True,
+    validate: bool | None = None,
 ) -> Any:
     r"""Cross-entropy of the model ``q`` under the data ``p``.
 
@@ -518,7 +527,7 @@ def kl_divergence(
     axis: int = -1,
     base: float | None = None,
     keepdims: bool = False,
-    validate: bool = True,
+    validate: bool | None = None,
 ) -> Any:
     r"""Kullback-Leibler divergence of the model ``q`` from the data ``p``.
 
@@ -570,7 +579,7 @@ def js_divergence(
     axis: int = -1,
     base: float | None = None,
     keepdims: bool = False,
-    validate: bool = True,
+    validate: bool | None = None,
 ) -> Any:
     r"""Jensen-Shannon divergence between ``p`` and ``q``.
 
@@ -655,7 +664,7 @@ def decompose(
     axis: int = -1,
     base: float | None = None,
     keepdims: bool = False,
-    validate: bool = True,
+    validate: bool | None = None,
 ) -> Decomposition:
     r"""Split the cross-entropy into the data's entropy and the KL divergence.
 

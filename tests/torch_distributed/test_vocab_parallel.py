@@ -469,6 +469,50 @@ def collectives_are_counted(rank, world):
     assert bwd == [("all_reduce", n * d, sum_op)], bwd
 
 
+@check
+def agree_names_the_exchange(rank, world):
+    sizes = SPLITS[world][0]
+    a, b = bounds(sizes, rank)
+    n = 7
+    logits, target = make((n,), sum(sizes), seed=16)
+    shard = logits[:, a:b]
+    ref = cross_entropy(logits, target)
+    counter = Counter()
+    # agree=True exchanges the descriptor even with the sizes given.
+    with counter():
+        out = vocab_parallel_cross_entropy(shard, target, vocab_sizes=sizes, agree=True)
+        calls = counter.take()
+    assert [c[0] for c in calls] == ["all_gather", "all_reduce", "all_reduce"], calls
+    close(out, ref, "agree=True")
+    # agree=False with the sizes: only the two O(N) collectives.
+    with counter():
+        out = vocab_parallel_cross_entropy(shard, target, vocab_sizes=sizes, agree=False)
+        calls = counter.take()
+    assert [c[0] for c in calls] == ["all_reduce", "all_reduce"], calls
+    close(out, ref, "agree=False")
+    # Refused alike on every rank (a local error, raised before any collective).
+    for bad, kind, match in (
+        ({"agree": False}, ValueError, "agree=False needs vocab_sizes"),
+        ({"agree": "yes", "vocab_sizes": sizes}, TypeError, "agree must be True, False or None"),
+        ({"validate": 1, "vocab_sizes": sizes}, TypeError, "validate must be True, False or None"),
+    ):
+        try:
+            vocab_parallel_cross_entropy(shard, target, **bad)
+        except kind as error:
+            assert match in str(error), str(error)
+        else:
+            raise AssertionError(f"{bad}: nothing raised")
+
+    # validate=None (the default) checks the labels' range on CPU, through the exchange:
+    # the same error on every rank without validate=True.
+    def out_of_range():
+        t = target.clone()
+        t[1] = sum(sizes) + 3
+        vocab_parallel_cross_entropy(shard, t)
+
+    same_error_everywhere(out_of_range, f"must lie in [0, {sum(sizes)})")
+
+
 def _micro_batches(seed, count, n, classes, d):
     gen = torch.Generator().manual_seed(seed)
     out = []

@@ -15,6 +15,7 @@ import array_api_compat
 import torch
 
 from .. import _checks as _array_checks
+from .._array import check_validate, checks_are_free
 
 _INTEGERS = tuple(
     getattr(torch, name)
@@ -62,15 +63,18 @@ def logits(value: Any, name: str = "logits") -> None:
 
 
 def reads_data(validate: bool | None, tensor: torch.Tensor) -> bool:
-    """Whether the data checks run: ``validate`` if given, else on CPU outside compilation.
+    """Whether the data checks run: ``validate`` if given, else where they cost no host
+    synchronisation (CPU tensors outside ``torch.compile``: the measures' rule,
+    :func:`crossentropy._array.checks_are_free`).
 
     ``validate=True`` on the meta device (no data to read) is refused.
     """
-    if validate is not None:
-        if validate and tensor.device.type == "meta":
-            raise ValueError("cannot validate data on the meta device; pass validate=False")
-        return bool(validate)
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+    validate = check_validate(validate)
+    if validate is None:
+        return checks_are_free(tensor)
+    if validate and tensor.device.type == "meta":
+        raise ValueError("cannot validate data on the meta device; pass validate=False")
+    return validate
 
 
 def not_sharded(**tensors: object) -> None:

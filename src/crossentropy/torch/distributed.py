@@ -21,7 +21,8 @@ Communication budget
 Per call, with ``N`` tokens, ``P`` ranks and ``D`` the hidden size, the collectives are:
 
 1. ``all_gather`` of a 1 KiB descriptor per rank (independent of ``N``) -- forward,
-   unless ``vocab_sizes`` is given and ``validate`` is off;
+   when the ranks agree (``agree``: by default unless ``vocab_sizes`` is given; always
+   with ``validate=True``);
 2. ``all_reduce`` MAX of ``N`` floats, the per-token maxima of the local slices --
    forward;
 3. ``all_reduce`` SUM of ``k N`` floats, the packed per-token sums: sum-exp and target
@@ -43,25 +44,33 @@ of, plus one float a token for the softmax normaliser: ``D + 1``, against the ``
 
 Memory: the dense loss saves the caller's logits shard (no copy) and ``O(N)``
 statistics -- never a softmax; backward recomputes ``exp(z - lse)`` straight into the
-gradient buffer.  Temporary compute-dtype blocks are about 32 MiB (chunks of tokens).
+gradient buffer.  Its chunks of tokens follow the one ``chunk_size=None`` rule of
+:func:`crossentropy.torch.linear_cross_entropy` with the slice's width (64 MiB of
+compute-dtype blocks); so do the fused loss's.
 The fused loss saves its inputs and ``lse``; it recomputes the logits in backward, one
 chunk at a time, so its FLOPs are ``8 N D C_r`` per rank rather than the single-process
 ``6 N D C`` -- the price of two collectives in all rather than two per chunk.
 
 Consistency and errors
 ----------------------
-Unless ``vocab_sizes`` is given (and ``validate`` is off), every call starts with one
-``all_gather`` of a 1 KiB descriptor per rank: its slice size, batch shape, dtype, options
-and any error its own argument checks raised.  Every rank then checks the same gathered
-table, so a wrong shape, a wrong slice, options that differ between ranks, or a bad
-argument on one rank raise the same ``ValueError`` (or ``TypeError``) on every rank,
-naming the rank, instead of leaving the others hanging in a collective.  The slice
-bounds come from the same gather.  The descriptor is read on the host, which
-synchronises with the device; pass ``vocab_sizes`` (fixed for a model) with
-``validate=False`` for the synchronisation-free path, where a rank with a wrong call
-fails alone and the others may wait for it, as with any collective.  ``validate=True``
-also checks the data: labels in ``[0, C)`` and equal on every rank, probabilities
-non-negative and summing to 1 over the whole vocabulary.
+With ``agree`` on (the default unless ``vocab_sizes`` is given), every call starts with
+one ``all_gather`` of a 1 KiB descriptor per rank: its slice size, batch shape, dtype,
+options, any error its own argument checks raised and what its local data checks found.
+Every rank then checks the same gathered table, so a wrong shape, a wrong slice, options
+that differ between ranks, or a bad argument on one rank raise the same ``ValueError``
+(or ``TypeError``) on every rank, naming the rank, instead of leaving the others hanging
+in a collective.  The slice bounds come from the same gather.  The descriptor is read on
+the host, which synchronises with the device; pass ``vocab_sizes`` (fixed for a model)
+for the synchronisation-free path (``agree=False``, its default then), where a rank with
+a wrong call fails alone and the others may wait for it, as with any collective.
+
+``validate`` has the meaning it has in every function of the library: the default
+``None`` runs the data checks that cost no host synchronisation -- here the local ones
+on CPU tensors (labels in ``[0, C)``, probabilities finite and non-negative), reported
+through the descriptor so that every rank raises alike, hence only when the ranks agree;
+``True`` runs every data check, the cross-rank ones too (labels equal on every rank,
+probabilities summing to 1 over the whole vocabulary: one more ``all_reduce``), and
+implies the exchange; ``False`` none.
 
 Data parallelism and gradient accumulation
 ------------------------------------------
@@ -251,8 +260,9 @@ def vocab_parallel_cross_entropy(
     group : ProcessGroup, optional
         The vocabulary-parallel group (default: the whole world).
     vocab_sizes : sequence of int, optional
-        ``C_r`` of every rank in group-rank order.  When given (and ``validate`` is off)
-        no descriptor is exchanged; otherwise the sizes are all-gathered and checked.
+        ``C_r`` of every rank in group-rank order.  When given, no descriptor is exchanged
+        unless ``agree`` or ``validate`` is True; otherwise the sizes are all-gathered and
+        checked.
     weight : Tensor, shape (C_r,), optional
         This rank's slice of the class weights (no gradient flows to it).
     ignore_index, reduction, label_smoothing, z_loss, softcap
@@ -262,10 +272,16 @@ def vocab_parallel_cross_entropy(
         Divisor of ``reduction='mean'`` (of the loss and of the z-loss) instead of the
         local ``sum(omega)`` and number of counted tokens, e.g.
         :func:`global_token_count` for exact data-parallel gradient accumulation.  0 gives 0.
-    validate : bool
-        Also check the data (labels in range and equal on all ranks; probabilities
-        non-negative, rows summing to 1 over the global vocabulary), identically on every
-        rank.  Synchronises with the host.
+    temperature : float > 0
+        As in :func:`crossentropy.torch.cross_entropy`: ``z = softcap(logits) / T``.
+    validate : bool or None
+        The data checks (see the module notes): ``None`` the local ones where they are
+        free, ``True`` all of them, the cross-rank ones included, identically on every
+        rank; ``False`` none.
+    agree : bool or None
+        Exchange the call descriptor so that every rank checks the same table (module
+        notes).  Default: only when ``vocab_sizes`` is not given.  ``False`` needs
+        ``vocab_sizes``.
 
     Returns
     -------
@@ -277,7 +293,7 @@ def vocab_parallel_cross_entropy(
     Raises
     ------
     ValueError
-        On every rank alike (unless ``vocab_sizes`` is given without ``validate``), when
+        On every rank alike (when the ranks agree: see ``agree``), when
         any rank's arguments are wrong or the ranks disagree on the batch shape, dtype,
         options or slice sizes; the message names the rank.
 
@@ -402,16 +418,15 @@ def vocab_parallel_linear_cross_entropy(
     target : Tensor, shape (...) integer or (..., C_r) floating
         Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank; or
         probabilities sharded like the weight's rows (a constant: no gradient).
-    group, vocab_sizes, normalize_by, validate
+    group, vocab_sizes, normalize_by, temperature, validate, agree
         As in :func:`vocab_parallel_cross_entropy`.
     bias : Tensor, shape (C_r,), optional
         This rank's slice of the bias.
     class_weight : Tensor, shape (C_r,), optional
         This rank's slice of the class weights (no gradient flows to it).
     ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size
-        As in :func:`crossentropy.torch.linear_cross_entropy`; ``chunk_size=None`` fits a
-        ``(chunk, C_r)`` float32 block (and, in backward, its tanh with ``softcap``) in
-        32 MiB.
+        As in :func:`crossentropy.torch.linear_cross_entropy`, ``chunk_size=None`` by the
+        same rule with the slice's width ``C_r`` for ``V``.
     reduce_hidden_grad : bool
         All-reduce (sum) the hidden gradient over the group in backward, so every rank
         gets the full gradient.  Turn it off when the layer before already reduces it
