@@ -165,16 +165,7 @@ def cross_entropy(
     >>> cross_entropy(logits, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
     tensor(0.2395)
     """
-    opts = Options(
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        temperature=temperature,
-        normalize_by=normalize_by,
-        impl=impl,
-    )
+    opts = Options.of(locals())
     return dense_loss(logits, target, weight, opts, validate, divergence=False)
 
 
@@ -217,16 +208,7 @@ def kl_loss(
     >>> kl_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))  # log 2
     tensor(0.6931)
     """
-    opts = Options(
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        temperature=temperature,
-        normalize_by=normalize_by,
-        impl=impl,
-    )
+    opts = Options.of(locals())
     return dense_loss(logits, target, weight, opts, validate, divergence=True)
 
 
@@ -264,9 +246,7 @@ def entropy_loss(
     >>> entropy_loss(torch.zeros(2, 4))  # log 4, the uniform distribution's
     tensor(1.3863)
     """
-    opts = Options(
-        reduction=reduction, softcap=softcap, temperature=temperature, normalize_by=normalize_by
-    )
+    opts = Options.of(locals())
     _checks.logits(logits)
     _checks.mask(mask, tuple(logits.shape[:-1]))
     _checks.same_device(logits=logits, mask=mask)
@@ -368,17 +348,7 @@ def linear_cross_entropy(
     >>> linear_cross_entropy(hidden, weight, torch.tensor([0, -100]))  # log(e^2 + 2) - 2
     tensor(0.2395)
     """
-    opts = Options(
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        temperature=temperature,
-        normalize_by=normalize_by,
-        chunk_size=chunk_size,
-        impl=impl,
-    )
+    opts = Options.of(locals())
     return fused_loss(hidden, weight, target, bias, class_weight, opts, validate)
 
 

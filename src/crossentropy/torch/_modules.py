@@ -50,16 +50,7 @@ class _DenseLoss(_Loss):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        self.options = Options(
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            temperature=temperature,
-            normalize_by=normalize_by,
-            impl=impl,
-        )
+        self.options = Options.of(locals())
         self.register_buffer("weight", weight)
         self.validate = validate
 
@@ -132,17 +123,7 @@ class LinearCrossEntropyLoss(_Loss):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        self.options = Options(
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            temperature=temperature,
-            normalize_by=normalize_by,
-            chunk_size=chunk_size,
-            impl=impl,
-        )
+        self.options = Options.of(locals())
         self.register_buffer("class_weight", class_weight)
         self.validate = validate
 

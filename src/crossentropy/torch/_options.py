@@ -169,6 +169,14 @@ class Options:
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of 'auto', 'torch', 'triton', got {self.impl!r}")
 
+    @classmethod
+    def of(cls, arguments: dict[str, Any], **extra: Any) -> Options:
+        """The options among a public function's ``arguments`` (its ``locals()``: every
+        name that is a field here), and ``extra`` ones; so that a signature is the one
+        place that lists them."""
+        picked = {name: arguments[name] for name in _FIELDS if name in arguments}
+        return cls(**picked, **extra)
+
     @property
     def tuning(self) -> TritonOptions:
         """The Triton kernels' tuning (``triton``, or the defaults when it is None: a
@@ -193,14 +201,18 @@ class Options:
     def describe(self) -> str:
         """``extra_repr`` of the modules: the options that differ from the defaults."""
         parts = [f"reduction={self.reduction!r}", f"ignore_index={self.ignore_index}"]
-        for field in ("label_smoothing", "z_loss", "softcap", "temperature", "chunk_size"):
+        for field in _FIELDS:
+            if field in ("reduction", "ignore_index"):
+                continue
             value = getattr(self, field)
-            if value != _DEFAULTS[field]:
+            if value is not _DEFAULTS[field] and value != _DEFAULTS[field]:
                 parts.append(f"{field}={value!r}")
         return ", ".join(parts)
 
 
 _DEFAULT_TUNING = TritonOptions()
+#: The fields a public signature names (the backend and parallel extras are composed in).
+_FIELDS = tuple(f.name for f in dataclasses.fields(Options) if f.name not in ("triton", "parallel"))
 #: Fields that choose how a rank computes, not what: they may differ between ranks.
 _PER_RANK = frozenset({"chunk_size", "impl", "triton", "parallel"})
 

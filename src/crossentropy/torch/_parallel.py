@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,17 +71,18 @@ def unwrap(value: Any, name: str, placement: str, dim: int) -> tuple[Any, Any]:
 
 @dataclasses.dataclass
 class Prepared:
-    """What :func:`prepare` found: the options with their layout, the target's kind."""
+    """What :func:`prepare` found: the options with their layout, the target's kind and
+    the flat target."""
 
     opts: Options
     soft: bool
-    group: Any
+    target: torch.Tensor
 
 
 @dataclasses.dataclass
 class Local:
-    """What a loss's own checks report: its slice width, batch shape, dtype, target kind
-    and the descriptor fields of its tensors (shared by every rank unless per-rank)."""
+    """What a loss's own checks report: its slice width, the batch shape of its tokens,
+    dtype, target kind and more descriptor fields (shared by every rank)."""
 
     size: int
     batch: tuple[int, ...]
@@ -227,26 +229,27 @@ def _flag(value: Any, name: str) -> bool | None:
 
 def prepare(
     name: str,
+    arguments: dict[str, Any],
     *,
-    options: Callable[[], Options],
     local: Callable[[Options, bool], Local],
     tensor: Any,
     target: Any,
     group: Any,
-    vocab_sizes_: Sequence[int] | None,
-    validate: bool | None,
-    agree_: bool | None,
-    reduce_hidden_grad: bool = True,
 ) -> Prepared:
     """The call-preparation step (module notes).
 
-    ``options()`` builds the call's :class:`Options`; ``local(opts, reads)`` runs the
-    loss's own checks (``reads``: the data checks that cost nothing run too) and reports
-    :class:`Local`.  ``tensor`` is the loss's main local tensor (device, data checks),
-    ``target`` its target (checked by ``local`` first).
+    ``arguments`` are the public function's (its ``locals()`` on entry): the options,
+    ``vocab_sizes``, ``validate``, ``agree`` and ``reduce_hidden_grad``.
+    ``local(opts, reads)`` runs the loss's own checks (``reads``: the data checks that cost
+    nothing run too) and reports :class:`Local`.  ``tensor`` is the loss's main local
+    tensor (device, data checks), ``target`` its unwrapped target (checked by ``local``
+    first) and ``group`` the group.  The flat target, ``(N,)`` int64 or ``(N, V_r)``, comes
+    back in :class:`Prepared`, with the row sums of probabilities checked when
+    ``validate`` is True.
     """
-    validate = _flag(validate, "validate")
-    agree_ = _flag(agree_, "agree")
+    validate = _flag(arguments["validate"], "validate")
+    agree_ = _flag(arguments["agree"], "agree")
+    vocab_sizes_ = arguments["vocab_sizes"]
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     # validate=True compares data across ranks, which needs the exchange.
@@ -256,7 +259,7 @@ def prepare(
     found: Local | None = None
     opts: Options | None = None
     try:
-        opts = options()
+        opts = Options.of(arguments)
         if not exchange and vocab_sizes_ is None:
             raise ValueError("agree=False needs vocab_sizes (the slices cannot be gathered)")
         sizes = vocab_sizes(vocab_sizes_, world)
@@ -292,8 +295,14 @@ def prepare(
     sizes = _layout(records, rank=rank, local_size=found.size, sizes=sizes, name=name)
     if records is not None and not found.soft:
         _check_labels(records, sum(sizes), opts.ignore_index, name)
-    parallel = VocabParallel(rank, sizes, group, reduce_hidden_grad=bool(reduce_hidden_grad))
-    return Prepared(dataclasses.replace(opts, parallel=parallel), found.soft, group)
+    reduce_hidden_grad = bool(arguments.get("reduce_hidden_grad", True))
+    parallel = VocabParallel(rank, sizes, group, reduce_hidden_grad=reduce_hidden_grad)
+    opts = dataclasses.replace(opts, parallel=parallel)
+    tokens = math.prod(found.batch)
+    flat = target.reshape(tokens, found.size) if found.soft else target.reshape(tokens).long()
+    if validate and found.soft:
+        check_row_sums(flat, opts, found.dtype, name)
+    return Prepared(opts, found.soft, flat)
 
 
 def group_of(groups: list[Any], group: Any) -> Any:

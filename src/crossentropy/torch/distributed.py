@@ -307,6 +307,7 @@ def vocab_parallel_cross_entropy(
                                             label_smoothing=0.1)
         # == crossentropy.torch.cross_entropy(z, target, label_smoothing=0.1)
     """
+    arguments = dict(locals())
     name = "vocab_parallel_cross_entropy"
     logits_shard, g1 = _parallel.unwrap(logits_shard, "logits_shard", "shard", -1)
     soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
@@ -328,32 +329,12 @@ def vocab_parallel_cross_entropy(
         )
 
     call = _parallel.prepare(
-        name,
-        options=lambda: Options(
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            temperature=temperature,
-            normalize_by=normalize_by,
-        ),
-        local=local,
-        tensor=logits_shard,
-        target=target,
-        group=group,
-        vocab_sizes_=vocab_sizes,
-        validate=validate,
-        agree_=agree,
+        name, arguments, local=local, tensor=logits_shard, target=target, group=group
     )
     batch = tuple(logits_shard.shape[:-1])
-    width = logits_shard.shape[-1]
-    flat = logits_shard.reshape(math.prod(batch), width)
-    labels = target.reshape(flat.shape[0], width) if call.soft else target.reshape(-1).long()
-    if validate and call.soft:
-        _parallel.check_row_sums(labels, call.opts, flat.dtype, name)
-    loss, zl, omega = functions.dense(flat, labels, weight, call.opts)
-    return _reduced(loss, zl, omega, labels, call.opts, batch)
+    flat = logits_shard.reshape(math.prod(batch), logits_shard.shape[-1])
+    loss, zl, omega = functions.dense(flat, call.target, weight, call.opts)
+    return _reduced(loss, zl, omega, call.target, call.opts, batch)
 
 
 def _reduced(
@@ -454,6 +435,7 @@ def vocab_parallel_linear_cross_entropy(
         loss = vocab_parallel_linear_cross_entropy(h, w_shard.requires_grad_(), y)
         loss.backward()     # h.grad summed over the group, w_shard.grad local
     """
+    arguments = dict(locals())
     name = "vocab_parallel_linear_cross_entropy"
     hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
     weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
@@ -483,35 +465,18 @@ def vocab_parallel_linear_cross_entropy(
         if soft and target.requires_grad and torch.is_grad_enabled():
             raise ValueError("target (probabilities) gets no gradient here; pass target.detach()")
         _check_class_weight(class_weight, "class_weight", size, reads)
-        fields = {"weight": class_weight is not None, "bias": bias is not None}
-        return _parallel.Local(size, tuple(hidden.shape), hidden.dtype, soft, fields)
+        fields = {
+            "weight": class_weight is not None,
+            "bias": bias is not None,
+            "hidden_size": hidden.shape[-1],
+        }
+        return _parallel.Local(size, tuple(hidden.shape[:-1]), hidden.dtype, soft, fields)
 
     call = _parallel.prepare(
-        name,
-        options=lambda: Options(
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            temperature=temperature,
-            normalize_by=normalize_by,
-            chunk_size=chunk_size,
-        ),
-        local=local,
-        tensor=hidden,
-        target=target,
-        group=group,
-        vocab_sizes_=vocab_sizes,
-        validate=validate,
-        agree_=agree,
-        reduce_hidden_grad=reduce_hidden_grad,
+        name, arguments, local=local, tensor=hidden, target=target, group=group
     )
     batch = tuple(hidden.shape[:-1])
     flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
-    width = weight_shard.shape[0]
-    labels = target.reshape(flat.shape[0], width) if call.soft else target.reshape(-1).long()
-    if validate and call.soft:
-        _parallel.check_row_sums(labels, call.opts, flat.dtype, name)
-    loss, zl, omega = functions.fused(flat, weight_shard, bias, labels, class_weight, call.opts)
-    return _reduced(loss, zl, omega, labels, call.opts, batch)
+    opts = call.opts
+    loss, zl, omega = functions.fused(flat, weight_shard, bias, call.target, class_weight, opts)
+    return _reduced(loss, zl, omega, call.target, opts, batch)
