@@ -12,17 +12,31 @@ and zero gradients under ``mean``.
 
 :func:`linear_cross_entropy` is the loss of a language-model head without the
 ``(tokens, vocabulary)`` logits tensor: chunked, with the gradient computed in forward.
+:func:`token_stats` and :func:`linear_token_stats` give the per-token statistics
+(log-probability, entropy, log-sum-exp, collision probability, argmax, top-k) that
+reinforcement learning and evaluation compose their objectives from.
 """
 
-from ._functional import cross_entropy, entropy_loss, kl_loss, linear_cross_entropy
+from ._functional import (
+    cross_entropy,
+    entropy_loss,
+    kl_loss,
+    linear_cross_entropy,
+    linear_token_stats,
+    token_stats,
+)
 from ._modules import CrossEntropyLoss, KLLoss, LinearCrossEntropyLoss
+from ._stats import TokenStats
 
 __all__ = [
     "CrossEntropyLoss",
     "KLLoss",
     "LinearCrossEntropyLoss",
+    "TokenStats",
     "cross_entropy",
     "entropy_loss",
     "kl_loss",
     "linear_cross_entropy",
+    "linear_token_stats",
+    "token_stats",
 ]

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 
-from . import _checks, _chunked, _reference
+from . import _checks, _chunked, _reference, _stats
 from ._options import Options, compute_dtype
+from ._stats import TokenStats
 
-__all__ = ["cross_entropy", "entropy_loss", "kl_loss", "linear_cross_entropy"]
+__all__ = [
+    "cross_entropy",
+    "entropy_loss",
+    "kl_loss",
+    "linear_cross_entropy",
+    "linear_token_stats",
+    "token_stats",
+]
 
 
 def _use_triton(opts: Options, tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -416,3 +425,179 @@ def fused_loss(
     if opts.reduction == "none":
         loss = loss.reshape(hidden.shape[:-1])
     return loss
+
+
+def _stats_target(target: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
+    """Check the optional class-index target of the per-token statistics; flat int64."""
+    if target is None:
+        return None
+    target = _checks.as_labels(target)
+    _checks.tensor(target, "target")
+    if target.dtype.is_floating_point:
+        raise TypeError(
+            f"target must hold integer class indices (the sampled tokens), got {target.dtype}"
+        )
+    _checks.target(target, (*batch, vocab), reads, opts.ignore_index)
+    return target.reshape(-1).long()
+
+
+def _check_top_k(opts: Options, vocab: int) -> None:
+    if opts.top_k > vocab:
+        raise ValueError(f"top_k must be at most the vocabulary size {vocab}, got {opts.top_k}")
+
+
+def _stats_result(out: tuple[torch.Tensor, ...], batch: tuple[int, ...], opts: Options, target):
+    log_prob, entropy, lse, collision, argmax, correct, top_i, top_lp = (
+        t.reshape(*batch, *t.shape[1:]) for t in out
+    )
+    has_k = opts.top_k > 0
+    return TokenStats(
+        log_prob if target is not None else None,
+        entropy,
+        lse,
+        collision,
+        argmax,
+        correct if target is not None else None,
+        top_i if has_k else None,
+        top_lp if has_k else None,
+    )
+
+
+def token_stats(
+    logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    validate: bool | None = None,
+    impl: str = "auto",
+) -> TokenStats:
+    r"""Per-token statistics of logits: log-probability, entropy and more, in one pass.
+
+    With :math:`z = \operatorname{softcap}(\text{logits}) / T` and
+    :math:`q = \operatorname{softmax}(z)`, each of shape ``logits.shape[:-1]``:
+
+    ==================  ==========================================================  ====
+    field               value                                                        grad
+    ==================  ==========================================================  ====
+    ``log_prob``        :math:`\log q_y`; 0 where ``target == ignore_index``;         yes
+                        None without ``target``
+    ``entropy``         :math:`-\sum_c q_c \log q_c` (nats; ``0 log 0 = 0``)          yes
+    ``logsumexp``       :math:`\log \sum_c e^{z_c}`                                   yes
+    ``collision``       :math:`\sum_c q_c^2` (Renyi-2 entropy is its ``-log``)        yes
+    ``argmax``          index of the largest :math:`z`, ties to the lowest index      no
+    ``correct``         ``argmax == target``, False where ignored; None without it    no
+    ``top_k_indices``,  shape ``(..., k)``: the ``top_k`` largest :math:`\log q`,     no
+    ``top_k_log_probs`` descending, and their classes; None when ``top_k == 0``
+    ==================  ==========================================================  ====
+
+    The statistics are float32 for half inputs (float64 kept), the integer fields int64.
+    Any combination of the differentiable fields may feed a loss; the gradient is exact
+    for every upstream gradient.  For the output layer without its logits see
+    :func:`linear_token_stats`.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., V)
+    target : Tensor, shape (...), integer, optional
+        Class indices (e.g. the sampled tokens) in ``[0, V)`` or ``ignore_index``.
+    temperature, softcap, ignore_index, validate
+        As in :func:`cross_entropy`.
+    top_k : int, 0 <= top_k <= V
+        How many of the largest log-probabilities to return.
+    impl : {'auto', 'torch'}
+        Accepted for symmetry with the losses; this op runs on the plain-PyTorch path.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import token_stats
+    >>> s = token_stats(torch.zeros(1, 4), torch.tensor([2]))
+    >>> round(s.log_prob.item(), 4), round(s.entropy.item(), 4), s.collision.item()
+    (-1.3863, 1.3863, 0.25)
+    """
+    opts = Options.of(locals())
+    _checks.logits(logits)
+    vocab = logits.shape[-1]
+    _check_top_k(opts, vocab)
+    batch = tuple(logits.shape[:-1])
+    reads = _checks.reads_data(validate, logits)
+    _checks.same_device(logits=logits, target=target)
+    flat_target = _stats_target(target, batch, vocab, reads, opts)
+    flat = logits.reshape(-1, vocab)
+    return _stats_result(_reference.token_stats(flat, flat_target, opts), batch, opts, target)
+
+
+def linear_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    chunk_size: int | None = None,
+    validate: bool | None = None,
+    impl: str = "auto",
+) -> TokenStats:
+    r"""The per-token statistics of :func:`token_stats` for the logits
+    ``hidden @ weight.T + bias``, which are never materialised.
+
+    The tokens go through the fused-chunk driver ``chunk_size`` at a time (the rule of
+    :func:`linear_cross_entropy`, with one more block for the statistics' scratch): the
+    forward pass is one product per chunk, ``2 N D V`` FLOPs; the backward, for any
+    combination of upstream gradients on ``log_prob``, ``entropy``, ``logsumexp`` and
+    ``collision``, recomputes each chunk's logits once and applies them all at once
+    (``6 N D V`` more).  Deterministic and chunk-size independent; no ``(N, V)`` tensor
+    and no host synchronisation (beyond ``validate``'s rule); under ``torch.compile`` it
+    runs eagerly (a graph break).
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., D)
+    weight : Tensor, shape (V, D)
+    target : Tensor, shape (...), integer, optional
+    bias : Tensor, shape (V,), optional
+    temperature, softcap, ignore_index, top_k, validate
+        As in :func:`token_stats`.
+    chunk_size, impl
+        As in :func:`linear_cross_entropy` (this op runs on the plain-PyTorch step).
+
+    Examples
+    --------
+    A GRPO-style objective with an entropy bonus, composed outside the kernel::
+
+        s = linear_token_stats(h, lm_head.weight, tokens, temperature=0.7)
+        ratio = (s.log_prob - old_log_prob).exp()
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+        loss = -(surrogate * mask).sum() / mask.sum() - 0.01 * s.entropy.mean()
+    """
+    opts = Options.of(locals())
+    _checks.floating(hidden, "hidden")
+    _checks.floating(weight, "weight")
+    _checks.not_sharded(hidden=hidden, weight=weight, bias=bias)
+    if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
+            f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
+        )
+    _checks.same_dtype(hidden, "hidden", weight=weight, bias=bias)
+    vocab, dim = weight.shape
+    if vocab == 0:
+        raise ValueError("weight must have at least one row (class)")
+    _check_top_k(opts, vocab)
+    _checks.same_device(hidden=hidden, weight=weight, bias=bias, target=target)
+    if bias is not None:
+        _checks.floating(bias, "bias")
+        if tuple(bias.shape) != (vocab,):
+            raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
+    batch = tuple(hidden.shape[:-1])
+    reads = _checks.reads_data(validate, hidden)
+    flat_target = _stats_target(target, batch, vocab, reads, opts)
+    flat = hidden.reshape(math.prod(batch), dim).contiguous()
+    out = _stats.apply(flat, weight, bias, flat_target, _resolved(opts, False))
+    return _stats_result(out, batch, opts, target)

@@ -31,6 +31,7 @@ in one pass over a whole row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,9 @@ import torch.distributed as dist
 from ._options import Options, VocabParallel
 
 __all__ = ["Combined", "Labels", "Probabilities", "chain_", "combine", "gradient_", "transform_"]
+
+#: ``rescale(sums, r, d)`` of :func:`combine`.
+Rescale = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], list[torch.Tensor]]
 
 
 def transform_(z: torch.Tensor, opts: Options, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,7 +85,10 @@ def _max_and_sumexp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def combine(
-    zmax: torch.Tensor, sums: list[torch.Tensor], parallel: VocabParallel | None
+    zmax: torch.Tensor,
+    sums: list[torch.Tensor],
+    parallel: VocabParallel | None,
+    rescale: Rescale | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Combine per-slice statistics: the identity in one process, else two collectives.
 
@@ -89,6 +96,10 @@ def combine(
     ``sum exp(z - zmax)`` made with that maximum (made finite), the other entries
     per-token or scalar sums.  Returns the global maximum made finite (as
     ``torch.logsumexp`` does), so ``lse = shift + log(sums[0])``, and the summed entries.
+    Across a group each slice's sums are first moved to the global shift:
+    ``rescale(sums, r, d)``, with ``d = local shift - global shift`` and ``r = exp(d)``
+    (0 for a slice whose maximum is ``-inf``), rescales entries that depend on the shift;
+    by default only ``sums[0]`` (times ``r``).
     """
     if parallel is None:
         return torch.where(torch.isfinite(zmax), zmax, 0.0), sums
@@ -97,8 +108,9 @@ def combine(
     shift = torch.where(torch.isfinite(gmax), gmax, 0.0)
     # A slice whose maximum is -inf contributes nothing (and must not make inf * 0 = NaN).
     local = torch.where(torch.isfinite(zmax), zmax, 0.0)
-    rescale = torch.where(torch.isfinite(zmax), torch.exp(local - shift), 0.0)
-    parts = [sums[0] * rescale, *sums[1:]]
+    d = local - shift
+    r = torch.where(torch.isfinite(zmax), torch.exp(d), 0.0)
+    parts = [sums[0] * r, *sums[1:]] if rescale is None else rescale(sums, r, d)
     sizes = [p.numel() for p in parts]
     packed = torch.cat([p.reshape(-1) for p in parts])
     dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=parallel.group)

@@ -112,7 +112,8 @@ class Options:
     """Everything about a loss call that is not a data tensor, validated on construction.
 
     ``z = softcap(logits) / temperature`` is what every loss sees.  ``normalize_by``
-    (a number or a 0-d tensor) replaces the divisor of ``reduction='mean'``.  ``impl``
+    (a number or a 0-d tensor) replaces the divisor of ``reduction='mean'``.  ``top_k``
+    is the number of largest log-probabilities the per-token statistics return.  ``impl``
     and ``chunk_size`` choose how, never what.  ``triton`` and ``parallel`` are the
     backend and vocabulary-parallel extras.
     """
@@ -124,6 +125,7 @@ class Options:
     softcap: float | None = None
     temperature: float = 1.0
     normalize_by: float | torch.Tensor | None = None
+    top_k: int = 0
     chunk_size: int | None = None
     impl: str = "auto"
     triton: TritonOptions | None = None
@@ -156,6 +158,13 @@ class Options:
             set_(self, "softcap", _positive_float32(self.softcap, "softcap", " or None"))
         set_(self, "temperature", _positive_float32(self.temperature, "temperature"))
         set_(self, "normalize_by", _normalizer(self.normalize_by, self.reduction))
+        if (
+            isinstance(self.top_k, bool)
+            or not isinstance(self.top_k, numbers.Integral)
+            or self.top_k < 0
+        ):
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
+        set_(self, "top_k", int(self.top_k))
         if self.chunk_size is not None:
             if (
                 isinstance(self.chunk_size, bool)

@@ -181,3 +181,31 @@ def entropy_loss(logits: torch.Tensor, mask: torch.Tensor | None, opts: Options)
         omega = mask.to(out.dtype)
         out = torch.where(mask, out, 0.0)
     return _reduction.reduce(out, None, opts, _reduction.divisors(omega, omega, opts))
+
+
+def token_stats(
+    logits: torch.Tensor, target: torch.Tensor | None, opts: Options
+) -> tuple[torch.Tensor, ...]:
+    """The eight per-token statistics of :func:`crossentropy.torch.token_stats` on flat
+    ``logits`` (N, V), by ordinary autograd (``log_prob``/``correct`` 0/False without a
+    target)."""
+    z = transformed(logits, opts)
+    lse = torch.logsumexp(z, -1)
+    logq = z - lse.unsqueeze(-1)
+    q = logq.exp()
+    entropy = -times(q, logq).sum(-1)
+    collision = q.square().sum(-1)
+    argmax = z.detach().argmax(-1)
+    top_log_probs, top_indices = logq.detach().topk(opts.top_k, dim=-1)
+    if target is None:
+        log_prob = torch.zeros_like(lse)
+        correct = torch.zeros(lse.shape, dtype=torch.bool, device=lse.device)
+    else:
+        counted = target != opts.ignore_index
+        valid = (target >= 0) & (target < z.shape[-1])
+        safe = torch.where(counted & valid, target, 0)
+        picked = logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        log_prob = torch.where(counted, picked, 0.0)
+        log_prob = torch.where(counted & ~valid, torch.nan, log_prob)
+        correct = counted & (argmax == target)
+    return log_prob, entropy, lse, collision, argmax, correct, top_indices, top_log_probs
