@@ -36,6 +36,7 @@ from crossentropy.torch.distributed import (  # noqa: E402
     global_token_count,
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
+    vocab_parallel_linear_token_stats,
 )
 
 F64 = torch.float64
@@ -830,6 +831,76 @@ def temperature_against_log_softmax(rank, world):
         close(out, ref.detach(), f"fused loss {what}")
         close(h.grad, h_ref.grad, f"fused hidden grad {what}")
         close(w.grad, w_ref.grad[a:b], f"fused weight grad {what}")
+
+
+def _stats_oracle(x, target, temperature, cap, k):
+    """Float64 per-token statistics from F.log_softmax(softcap(x) / T), materialised."""
+    import torch.nn.functional as F
+
+    z = x if cap is None else cap * torch.tanh(x / cap)
+    z = z / temperature
+    logq = F.log_softmax(z, -1)
+    q = logq.exp()
+    lp = None
+    if target is not None:
+        counted = target != -100
+        picked = logq.gather(-1, torch.where(counted, target, 0).unsqueeze(-1)).squeeze(-1)
+        lp = torch.where(counted, picked, 0.0)
+    ent = -(q * logq).sum(-1)
+    return lp, ent, torch.logsumexp(z, -1), q.square().sum(-1), z.argmax(-1), logq.topk(k, -1)
+
+
+@check
+def token_stats_against_log_softmax(rank, world):
+    for case, sizes in enumerate(SPLITS[world]):
+        classes = sum(sizes)
+        a, b = bounds(sizes, rank)
+        for with_target, temperature, cap, k in ((True, 0.7, 3.0, 4), (False, 1.0, None, classes)):
+            if case and not with_target:
+                continue
+            what = f"sizes {sizes} target={with_target} T={temperature} cap={cap} k={k}"
+            gen = torch.Generator().manual_seed(1200 + case)
+            n, d = 9, 4
+            hidden = torch.randn(2, n, d, generator=gen, dtype=F64)
+            weight = 2 * torch.randn(classes, d, generator=gen, dtype=F64)
+            bias = torch.randn(classes, generator=gen, dtype=F64)
+            target = None
+            if with_target:
+                _, target = make((2, n), classes, seed=1300 + case)
+            ups = [torch.randn(2, n, generator=gen, dtype=F64) for _ in range(4)]
+            h_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+            lp, ent, lse, col, arg, (top_v, top_i) = _stats_oracle(
+                h_ref @ w_ref.T + b_ref, target, temperature, cap, k
+            )
+            fields = [f for f in (lp, ent, lse, col) if f is not None]
+            sum(
+                ((u * f).sum() for u, f in zip(ups[-len(fields) :], fields, strict=True))
+            ).backward()
+            h, w, bb = hidden.clone().requires_grad_(), weight[a:b].clone(), bias[a:b].clone()
+            w.requires_grad_()
+            bb.requires_grad_()
+            out = vocab_parallel_linear_token_stats(
+                h, w, target, bias=bb, temperature=temperature, softcap=cap, top_k=k, chunk_size=5
+            )
+            got = [
+                f
+                for f in (out.log_prob, out.entropy, out.logsumexp, out.collision)
+                if f is not None
+            ]
+            assert len(got) == len(fields), what
+            for i, (g, f) in enumerate(zip(got, fields, strict=True)):
+                close(g, f.detach(), f"field {i} {what}")
+            assert torch.equal(out.argmax, arg), what
+            close(out.top_k_log_probs, top_v.detach(), f"top-k {what}")
+            assert torch.equal(out.top_k_indices, top_i), what
+            if with_target:
+                assert torch.equal(out.correct, (target != -100) & (arg == target)), what
+            else:
+                assert out.log_prob is None and out.correct is None, what
+            sum(((u * g).sum() for u, g in zip(ups[-len(got) :], got, strict=True))).backward()
+            close(h.grad, h_ref.grad, f"hidden grad {what}")
+            close(w.grad, w_ref.grad[a:b], f"weight grad {what}")
+            close(bb.grad, b_ref.grad[a:b], f"bias grad {what}")
 
 
 # ------------------------------------------------------------------------- the harness

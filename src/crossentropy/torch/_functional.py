@@ -446,7 +446,7 @@ def _check_top_k(opts: Options, vocab: int) -> None:
         raise ValueError(f"top_k must be at most the vocabulary size {vocab}, got {opts.top_k}")
 
 
-def _stats_result(out: tuple[torch.Tensor, ...], batch: tuple[int, ...], opts: Options, target):
+def stats_result(out: tuple[torch.Tensor, ...], batch: tuple[int, ...], opts: Options, target):
     log_prob, entropy, lse, collision, argmax, correct, top_i, top_lp = (
         t.reshape(*batch, *t.shape[1:]) for t in out
     )
@@ -527,7 +527,7 @@ def token_stats(
     _checks.same_device(logits=logits, target=target)
     flat_target = _stats_target(target, batch, vocab, reads, opts)
     flat = logits.reshape(-1, vocab)
-    return _stats_result(_reference.token_stats(flat, flat_target, opts), batch, opts, target)
+    return stats_result(_reference.token_stats(flat, flat_target, opts), batch, opts, target)
 
 
 def linear_token_stats(
@@ -600,4 +600,4 @@ def linear_token_stats(
     flat_target = _stats_target(target, batch, vocab, reads, opts)
     flat = hidden.reshape(math.prod(batch), dim).contiguous()
     out = _stats.apply(flat, weight, bias, flat_target, _resolved(opts, False))
-    return _stats_result(out, batch, opts, target)
+    return stats_result(out, batch, opts, target)

@@ -76,7 +76,7 @@ class Prepared:
 
     opts: Options
     soft: bool
-    target: torch.Tensor
+    target: torch.Tensor | None
 
 
 @dataclasses.dataclass
@@ -271,7 +271,7 @@ def prepare(
         found = local(opts, reads)
         if reads and found.soft:
             probability_fields(target)
-        elif reads:
+        elif reads and target is not None:
             found.fields.update(label_fields(target, opts.ignore_index, bool(validate)))
     except (TypeError, ValueError) as error:
         if not exchange:
@@ -299,9 +299,13 @@ def prepare(
     parallel = VocabParallel(rank, sizes, group, reduce_hidden_grad=reduce_hidden_grad)
     opts = dataclasses.replace(opts, parallel=parallel)
     tokens = math.prod(found.batch)
-    flat = target.reshape(tokens, found.size) if found.soft else target.reshape(tokens).long()
-    if validate and found.soft:
-        check_row_sums(flat, opts, found.dtype, name)
+    flat: torch.Tensor | None = None  # None: the per-token statistics without a target
+    if target is not None and found.soft:
+        flat = target.reshape(tokens, found.size)
+        if validate:
+            check_row_sums(flat, opts, found.dtype, name)
+    elif target is not None:
+        flat = target.reshape(tokens).long()
     return Prepared(opts, found.soft, flat)
 
 

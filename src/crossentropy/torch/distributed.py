@@ -143,14 +143,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _checks, _parallel, _reduction
+from . import _checks, _parallel, _reduction, _stats
 from . import _parallel_functions as functions
+from ._functional import stats_result
 from ._options import Options, compute_dtype
+from ._stats import TokenStats
 
 __all__ = [
     "global_token_count",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_token_stats",
 ]
 
 
@@ -333,8 +336,10 @@ def vocab_parallel_cross_entropy(
     )
     batch = tuple(logits_shard.shape[:-1])
     flat = logits_shard.reshape(math.prod(batch), logits_shard.shape[-1])
-    loss, zl, omega = functions.dense(flat, call.target, weight, call.opts)
-    return _reduced(loss, zl, omega, call.target, call.opts, batch)
+    labels = call.target
+    assert labels is not None, "a loss has a target"
+    loss, zl, omega = functions.dense(flat, labels, weight, call.opts)
+    return _reduced(loss, zl, omega, labels, call.opts, batch)
 
 
 def _reduced(
@@ -350,6 +355,25 @@ def _reduced(
     divs = _reduction.divisors(omega, counted, opts)
     out = _reduction.reduce(loss, zl if opts.z_loss else None, opts, divs)
     return out.reshape(batch) if opts.reduction == "none" else out
+
+
+def _check_hidden_and_shard(hidden: Any, weight_shard: Any, bias: Any) -> int:
+    """The fused losses' hidden states, weight rows and bias; the slice's width."""
+    _checks.floating(hidden, "hidden")
+    _checks.floating(weight_shard, "weight_shard")
+    if hidden.ndim < 1 or weight_shard.ndim != 2 or weight_shard.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight_shard must have shape (C_r, D) with D = hidden.shape[-1]; got hidden "
+            f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
+        )
+    _checks.same_dtype(hidden, "hidden", weight_shard=weight_shard)
+    size = int(weight_shard.shape[0])
+    if bias is not None:
+        _checks.floating(bias, "bias")
+        if tuple(bias.shape) != (size,):
+            raise ValueError(f"bias must have shape ({size},), got {tuple(bias.shape)}")
+        _checks.same_dtype(hidden, "hidden", bias=bias)
+    return size
 
 
 def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:
@@ -447,20 +471,7 @@ def vocab_parallel_linear_cross_entropy(
     group = _parallel.group_of([g1, g2, g3, g4, g5], group)
 
     def local(opts: Options, reads: bool) -> _parallel.Local:
-        _checks.floating(hidden, "hidden")
-        _checks.floating(weight_shard, "weight_shard")
-        if hidden.ndim < 1 or weight_shard.ndim != 2 or weight_shard.shape[1] != hidden.shape[-1]:
-            raise ValueError(
-                f"weight_shard must have shape (C_r, D) with D = hidden.shape[-1]; got hidden "
-                f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
-            )
-        _checks.same_dtype(hidden, "hidden", weight_shard=weight_shard)
-        size = int(weight_shard.shape[0])
-        if bias is not None:
-            _checks.floating(bias, "bias")
-            if tuple(bias.shape) != (size,):
-                raise ValueError(f"bias must have shape ({size},), got {tuple(bias.shape)}")
-            _checks.same_dtype(hidden, "hidden", bias=bias)
+        size = _check_hidden_and_shard(hidden, weight_shard, bias)
         soft = _checks.target(target, (*hidden.shape[:-1], size), False, opts.ignore_index)
         if soft and target.requires_grad and torch.is_grad_enabled():
             raise ValueError("target (probabilities) gets no gradient here; pass target.detach()")
@@ -477,6 +488,92 @@ def vocab_parallel_linear_cross_entropy(
     )
     batch = tuple(hidden.shape[:-1])
     flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
+    opts, labels = call.opts, call.target
+    assert labels is not None, "a loss has a target"
+    loss, zl, omega = functions.fused(flat, weight_shard, bias, labels, class_weight, opts)
+    return _reduced(loss, zl, omega, labels, opts, batch)
+
+
+def vocab_parallel_linear_token_stats(
+    hidden: torch.Tensor,
+    weight_shard: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    group: Any = None,
+    vocab_sizes: Sequence[int] | None = None,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    chunk_size: int | None = None,
+    reduce_hidden_grad: bool = True,
+    validate: bool | None = None,
+    agree: bool | None = None,
+) -> TokenStats:
+    r""":func:`crossentropy.torch.linear_token_stats` with the weight split by rows.
+
+    Rank ``r`` of ``group`` holds rows ``[start_r, stop_r)`` of the ``(V, D)`` output
+    weight (uneven slices allowed, in group-rank order); ``hidden`` and ``target`` are
+    the same on every rank.  Every field equals the single-process op's on the whole
+    weight and is the same on every rank, and so are the gradients (``hidden``'s summed
+    over the group in backward unless ``reduce_hidden_grad=False``; ``weight_shard`` and
+    ``bias`` get their own slice's).
+
+    Communication, forward: the descriptor ``all_gather`` when the ranks agree (see
+    :func:`vocab_parallel_cross_entropy`), one ``all_reduce`` MAX of ``N`` floats and one
+    ``all_reduce`` SUM of ``3 N`` (``4 N`` with a target) floats -- the engine's combine
+    step --, one ``all_reduce`` MIN of ``N`` integers for the argmax, and with ``top_k``
+    two ``all_gather`` of ``N k`` values and indices per rank.  Backward: one
+    ``all_reduce`` SUM of the ``(N, D)`` hidden gradient.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., D)
+    weight_shard : Tensor, shape (V_r, D)
+    target : Tensor, shape (...), integer, optional
+        Global class indices, the same on every rank.
+    group, vocab_sizes, validate, agree
+        As in :func:`vocab_parallel_cross_entropy`.
+    bias : Tensor, shape (V_r,), optional
+        This rank's slice of the bias.
+    temperature, softcap, ignore_index, top_k, chunk_size
+        As in :func:`crossentropy.torch.linear_token_stats` (``top_k`` at most the global
+        vocabulary).
+    reduce_hidden_grad : bool
+        As in :func:`vocab_parallel_linear_cross_entropy`.
+    """
+    arguments = dict(locals())
+    name = "vocab_parallel_linear_token_stats"
+    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
+    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
+    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
+    target, g4 = _parallel.unwrap(target, "target", "replicate", 0)
+    target = _checks.as_labels(target)
+    group = _parallel.group_of([g1, g2, g3, g4], group)
+
+    def local(opts: Options, reads: bool) -> _parallel.Local:
+        size = _check_hidden_and_shard(hidden, weight_shard, bias)
+        if target is not None:
+            _checks.tensor(target, "target")
+            if target.dtype.is_floating_point:
+                raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+            _checks.target(target, (*hidden.shape[:-1], size), False, opts.ignore_index)
+        fields: dict[str, Any] = {"target": target is not None, "bias": bias is not None}
+        fields["hidden_size"] = hidden.shape[-1]
+        return _parallel.Local(size, tuple(hidden.shape[:-1]), hidden.dtype, False, fields)
+
+    call = _parallel.prepare(
+        name, arguments, local=local, tensor=hidden, target=target, group=group
+    )
     opts = call.opts
-    loss, zl, omega = functions.fused(flat, weight_shard, bias, call.target, class_weight, opts)
-    return _reduced(loss, zl, omega, call.target, opts, batch)
+    assert opts.parallel is not None
+    if opts.top_k > opts.parallel.vocab:
+        raise ValueError(
+            f"{name}: top_k must be at most the vocabulary size {opts.parallel.vocab}, "
+            f"got {opts.top_k}"
+        )
+    batch = tuple(hidden.shape[:-1])
+    flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
+    out = _stats.apply(flat, weight_shard, bias, call.target, opts)
+    return stats_result(out, batch, opts, target)
