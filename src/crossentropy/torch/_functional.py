@@ -565,7 +565,8 @@ def linear_token_stats(
     temperature, softcap, ignore_index, top_k, validate
         As in :func:`token_stats`.
     chunk_size, impl
-        As in :func:`linear_cross_entropy` (this op runs on the plain-PyTorch step).
+        As in :func:`linear_cross_entropy`: ``impl='auto'`` runs the Triton row kernel's
+        statistics mode on CUDA tensors where Triton is installed.
 
     Examples
     --------
@@ -599,5 +600,6 @@ def linear_token_stats(
     reads = _checks.reads_data(validate, hidden)
     flat_target = _stats_target(target, batch, vocab, reads, opts)
     flat = hidden.reshape(math.prod(batch), dim).contiguous()
-    out = _stats.apply(flat, weight, bias, flat_target, _resolved(opts, False))
+    triton = _use_triton(opts, hidden)
+    out = _stats.apply(flat, weight, bias, flat_target, _resolved(opts, triton))
     return stats_result(out, batch, opts, target)

@@ -27,7 +27,7 @@ differentiable fields and forms, per chunk of recomputed logits::
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -125,6 +125,26 @@ class Statistics:
         s2 = torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).reshape(n)
         return _Chunk(zmax, [s0, s1, s2, *extra], argmax, top_values, top_indices)
 
+    def forward_block(self, product: Product, a: int, b: int) -> _Chunk:
+        """The statistics of tokens ``a:b`` from the driver's block."""
+        return self.stats(product.logits(a, b)[0], a)
+
+    def backward_block(
+        self,
+        product: Product,
+        a: int,
+        b: int,
+        lse: torch.Tensor,
+        entropy: torch.Tensor,
+        collision: torch.Tensor,
+        up: list[torch.Tensor | None],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dL/dx`` of tokens ``a:b`` (the block in the input dtype, and as formed)."""
+        z, tanh = product.logits(a, b)
+        _gradient_(z, self.scratch[: b - a], self, a, lse, entropy, collision, up)
+        chain_(z, self.opts, tanh)
+        return product.staged(z), z
+
 
 def _rescale(sums: list[torch.Tensor], r: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:
     """A slice's sums moved to the global shift (module notes)."""
@@ -164,9 +184,9 @@ def _top_k(chunk: _Chunk, opts: Options) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _forward(product: Product, head: Statistics, num_tokens: int, rows: int) -> tuple:
-    chunks = [head.stats(product.logits(a, b)[0], a) for a, b in spans(num_tokens, rows)]
+    chunks = [head.forward_block(product, a, b) for a, b in spans(num_tokens, rows)]
     if not chunks:  # no tokens: an empty block, for the shapes
-        chunks = [head.stats(product.logits(0, 0)[0], 0)]
+        chunks = [head.forward_block(product, 0, 0)]
     whole = _Chunk(
         torch.cat([c.zmax for c in chunks]),
         [torch.cat(column) for column in zip(*(c.sums for c in chunks), strict=True)],
@@ -233,13 +253,28 @@ def _gradient_(
     return z
 
 
-def _make(hidden, weight, bias, target, opts, *, keep_tanh):
+def _make(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor | None,
+    opts: Options,
+    *,
+    keep_tanh: bool,
+) -> tuple[Product, Statistics, int]:
+    """The driver's product, the head (plain PyTorch, or the Triton kernels' with
+    ``impl='triton'``) and the chunk's rows."""
     num_tokens, dim = hidden.shape
     width = weight.shape[0]
-    compute = compute_dtype(hidden.dtype)
-    # One more block than the logits: the scratch of exp(z - m) and of q.
+    # The plain-PyTorch step needs one more block than the logits: the scratch of exp(t).
     rows = chunk_rows(opts, num_tokens, width, dim, hidden.dtype, True)
+    if opts.impl == "triton":
+        from ._triton._stats import TritonStatistics
+
+        product = Product(hidden, weight, bias, opts, rows, compute_block=False)
+        return product, TritonStatistics(target, opts, width), rows
     product = Product(hidden, weight, bias, opts, rows, keep_tanh=keep_tanh)
+    compute = compute_dtype(hidden.dtype)
     scratch = torch.empty(rows, width, dtype=compute, device=hidden.device)
     return product, Statistics(target, opts, width, scratch), rows
 
@@ -268,15 +303,20 @@ class _LinearTokenStats(torch.autograd.Function):
         up = [None if g is None else g.to(compute) for g in (g_lp, g_s, g_l, g_c)]
         product, head, rows = _make(hidden, weight, bias, target, opts, keep_tanh=True)
         needs = tuple(ctx.needs_input_grad[:3])
-        dh_dtype = compute if opts.parallel is not None else None
-        grads = Gradients(hidden, weight, bias, needs, dh_dtype=dh_dtype)
+        kw: dict[str, Any] = {}
+        if opts.impl == "triton":
+            from ._triton import _linear
+
+            kw = _linear.gradient_options(opts, hidden.dtype)
+        if opts.parallel is not None:  # summed across the group in the compute dtype
+            kw["dh_dtype"] = compute
+        grads = Gradients(hidden, weight, bias, needs, **kw)
         for a, b in spans(hidden.shape[0], rows):
-            z, tanh = product.logits(a, b)
             chunk_up = [None if g is None else g[a:b] for g in up]
-            q = head.scratch[: b - a]
-            _gradient_(z, q, head, a, lse[a:b], entropy[a:b], collision[a:b], chunk_up)
-            chain_(z, opts, tanh)
-            grads.add(product.staged(z), z, hidden[a:b], a, b)
+            g, exact = head.backward_block(
+                product, a, b, lse[a:b], entropy[a:b], collision[a:b], chunk_up
+            )
+            grads.add(g, exact, hidden[a:b], a, b)
         parallel = opts.parallel
         if grads.dh is not None and parallel is not None and parallel.reduce_hidden_grad:
             dist.all_reduce(grads.dh, op=dist.ReduceOp.SUM, group=parallel.group)

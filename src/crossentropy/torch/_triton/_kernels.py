@@ -32,6 +32,7 @@ import triton.language as tl
 # combine functions natively even when Triton was imported before TRITON_INTERPRET was set
 # (tl.max, tl.sum and tl.zeros are then compiled-only functions, so none is used here).
 _MAX = tl.standard._elementwise_max
+_MIN_INT = tl.standard._elementwise_min
 _SUM = tl.standard._sum_combine
 
 
@@ -218,3 +219,137 @@ def cast_scale_kernel(SRC, DST, N, GRAD, BLOCK: tl.constexpr):
     mask = offs < N
     x = tl.load(SRC + offs, mask=mask).to(tl.float32)
     tl.store(DST + offs, (x * g).to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def stats_kernel(
+    X,
+    stride_x,
+    T,
+    M,
+    ARG,
+    S0,
+    S1,
+    S2,
+    ZY,
+    C,
+    start,
+    ignore_index,
+    cap,
+    inv_temp,
+    ACC: tl.constexpr,
+    HAS_TARGET: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The statistics mode: one row's shifted sums (``_stats``' notes), one read.
+
+    With ``z = cap(x) / T`` over this slice (global indices from ``start``) and ``m`` the
+    row's maximum: ``M = m``, ``ARG`` the lowest index of it, ``S0 = sum e``,
+    ``S1 = sum e (z - m)``, ``S2 = sum e^2`` with ``e = exp(z - m)`` (``m`` made 0 when
+    the row is all ``-inf``), ``ZY`` the target's ``z`` when it lies in the slice, else 0.
+    Online: when the running maximum grows from ``m`` to ``m'``, the sums so far move to
+    ``m'`` (``d = m - m'``): ``S0 e^d``, ``e^d (S1 + d S0)``, ``S2 e^{2d}``.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_x
+    cols = tl.arange(0, BLOCK)
+    zero = tl.full([], 0.0, ACC)
+    m = zero - float("inf")
+    s0 = zero
+    s1 = zero
+    s2 = zero
+    arg = tl.full([], 0, tl.int64)
+    for begin in range(0, C, BLOCK):
+        idx = begin + cols
+        mask = idx < C
+        z = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
+        if HAS_CAP:
+            z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
+        z = tl.where(mask, z * inv_temp, -float("inf"))
+        block_max = tl.reduce(z, 0, _MAX)
+        first = tl.reduce(tl.where(z == block_max, idx, C), 0, _MIN_INT)
+        # Strictly greater: on a tie the earlier (lower) index stays.
+        arg = tl.where(block_max > m, first.to(tl.int64), arg)
+        m_new = tl.maximum(m, block_max)
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        d = tl.where(m == -float("inf"), 0.0, m - shift)
+        alpha = tl.where(m == -float("inf"), 0.0, tl.exp(d))
+        t = z - shift
+        e = tl.exp(t)
+        et = e * tl.where(e > 0.0, t, 0.0)  # 0 * -inf = 0: a masked class adds nothing
+        s1 = alpha * (s1 + d * s0) + tl.reduce(et, 0, _SUM)
+        s0 = alpha * s0 + tl.reduce(e, 0, _SUM)
+        s2 = alpha * alpha * s2 + tl.reduce(e * e, 0, _SUM)
+        m = m_new
+    tl.store(M + row, m)
+    tl.store(ARG + row, arg + start)
+    tl.store(S0 + row, s0)
+    tl.store(S1 + row, s1)
+    tl.store(S2 + row, s2)
+    if HAS_TARGET:
+        y = tl.load(T + row).to(tl.int64)
+        hit = (y != ignore_index) & (y >= start) & (y < start + C)
+        z_y = tl.load(x_row + tl.where(hit, y - start, 0)).to(ACC)
+        if HAS_CAP:
+            z_y = cap * (1.0 - 2.0 / (tl.exp(2.0 * z_y / cap) + 1.0))
+        tl.store(ZY + row, tl.where(hit, z_y * inv_temp, 0.0))
+
+
+@triton.jit
+def stats_grad_kernel(
+    X,
+    stride_x,
+    T,
+    LSE,
+    COEF,
+    GS,
+    GC,
+    GLP,
+    C,
+    start,
+    ignore_index,
+    cap,
+    inv_temp,
+    ACC: tl.constexpr,
+    HAS_ENTROPY: tl.constexpr,
+    HAS_COLLISION: tl.constexpr,
+    HAS_LOGPROB: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``dL/dx`` of the statistics over one row, written over the row in place::
+
+        dL/dz_c = q_c (COEF - g_S log q_c + 2 g_C q_c) + g_lp [c = y]
+
+    ``COEF = g_L - g_lp - g_S S - 2 g_C C`` per row (host), then times
+    ``(1 - tanh^2) / T``.  ``log q`` is floored at -1e4, where ``q`` is 0 in every dtype.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_x
+    cols = tl.arange(0, BLOCK)
+    lse = tl.load(LSE + row).to(ACC)
+    coef = tl.load(COEF + row).to(ACC)
+    g_s = tl.load(GS + row).to(ACC) if HAS_ENTROPY else 0.0
+    g_c = tl.load(GC + row).to(ACC) if HAS_COLLISION else 0.0
+    y_local = tl.full([], -1, tl.int64)
+    g_lp = tl.full([], 0.0, ACC)
+    if HAS_LOGPROB:
+        y = tl.load(T + row).to(tl.int64)
+        hit = (y != ignore_index) & (y >= start) & (y < start + C)
+        y_local = tl.where(hit, y - start, -1)
+        g_lp = tl.load(GLP + row).to(ACC)
+    for begin in range(0, C, BLOCK):
+        idx = begin + cols
+        mask = idx < C
+        z = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
+        if HAS_CAP:
+            r = 1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0)
+            z = cap * r
+        logq = tl.maximum(z * inv_temp - lse, -1e4)
+        q = tl.exp(logq)
+        g = q * (coef - g_s * logq + 2.0 * g_c * q)
+        g = (g + tl.where(idx == y_local, g_lp, 0.0)) * inv_temp
+        if HAS_CAP:
+            g = g * (1.0 - r * r)
+        tl.store(x_row + idx, g.to(X.dtype.element_ty), mask=mask)
