@@ -59,6 +59,7 @@ def _unsharded(head: torch.nn.Module, model_name: str) -> Iterator[tuple[Any, An
         head.reshard()
 
 
+@torch.compiler.disable
 def fused_causal_lm_loss(
     logits: LazyLogits,
     labels: torch.Tensor,
@@ -77,6 +78,9 @@ def fused_causal_lm_loss(
     it (a tensor stays on its device: no host sync).  The maps recorded on ``logits``,
     ``post * tanh(pre * z)``, become a scale of the hidden states (and bias) and the
     softcap.
+
+    Eager under ``torch.compile``: the fused loss is an opaque eager function anyway, and
+    tracing its argument checks would only add frames to compile.
     """
     hidden = logits.hidden
     scale, softcap = logits.post.loss_form()

@@ -21,9 +21,9 @@ Each patched object keeps what it had in ``__dict__`` under :data:`_SAVED`, so t
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import inspect
+import threading
 import types
 from typing import Any
 
@@ -43,10 +43,14 @@ class _MISSING:
     """Nothing was in ``__dict__`` (a class: ``deepcopy`` keeps it the same object)."""
 
 
-#: The options of the patched model whose training forward is running, else None.
-_ACTIVE: contextvars.ContextVar[_Options | None] = contextvars.ContextVar(
-    "crossentropy_transformers_active", default=None
-)
+class _Active(threading.local):
+    """The options of the patched model whose training forward is running in this thread,
+    else None (an attribute, not a ContextVar: dynamo traces it without a graph break)."""
+
+    options: _Options | None = None
+
+
+_ACTIVE = _Active()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +198,14 @@ def _original(obj: Any, name: str) -> Any:
     return types.MethodType(getattr(type(obj), name), obj)
 
 
+def _call_original(obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``_original(obj, name)(*args, **kwargs)``, in a form dynamo traces (no MethodType)."""
+    previous = obj.__dict__.get(_SAVED, {}).get(name, _MISSING)
+    if previous is not _MISSING:
+        return previous(*args, **kwargs)
+    return getattr(type(obj), name)(obj, *args, **kwargs)
+
+
 def _labels(options: _Options, args: tuple, kwargs: dict) -> Any:
     if "labels" in kwargs:
         return kwargs["labels"]
@@ -202,15 +214,14 @@ def _labels(options: _Options, args: tuple, kwargs: dict) -> Any:
 
 
 def _model_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    forward = _original(self, "forward")
     options = self.__dict__.get(_OPTIONS)
     if options is None or not self.training or _labels(options, args, kwargs) is None:
-        return forward(*args, **kwargs)
-    token = _ACTIVE.set(options)
+        return _call_original(self, "forward", *args, **kwargs)
+    outer, _ACTIVE.options = _ACTIVE.options, options
     try:
-        output = forward(*args, **kwargs)
+        output = _call_original(self, "forward", *args, **kwargs)
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE.options = outer
     return _finish_output(output)
 
 
@@ -237,11 +248,10 @@ def _is_empty_lazy(value: Any) -> bool:
 
 
 def _head_forward(self: torch.nn.Linear, input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    forward = _original(self, "forward")
-    options = _ACTIVE.get()
+    options = _ACTIVE.options
     if options is None or args or kwargs or not isinstance(input, torch.Tensor):
-        return forward(input, *args, **kwargs)
-    logits = forward(input) if options.return_logits else None
+        return _call_original(self, "forward", input, *args, **kwargs)
+    logits = _call_original(self, "forward", input) if options.return_logits else None
     return _lazy_logits(input, self, options, logits)
 
 
@@ -308,7 +318,7 @@ class _FusedLoss:
         )
 
 
-def _signature_forward(signature: inspect.Signature) -> types.FunctionType:
+def _signature_forward(signature: inspect.Signature) -> Any:
     """A fresh copy of :func:`_model_forward` that reports the model's own signature
     (``Trainer`` and ``generate`` read ``inspect.signature(model.forward)``)."""
     function = types.FunctionType(
@@ -321,10 +331,14 @@ def _signature_forward(signature: inspect.Signature) -> types.FunctionType:
     function.__qualname__ = _model_forward.__qualname__
     function.__doc__ = "crossentropy.transformers: the model's forward, with the fused loss."
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    function.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[self_param, *signature.parameters.values()]
-    )
-    return function
+    full = signature.replace(parameters=[self_param, *signature.parameters.values()])
+    function.__signature__ = full  # type: ignore[attr-defined]
+    # Run this frame eagerly under torch.compile (it only sets a flag, and a graph break
+    # inside its try block would cost dynamo the whole frame); the model's own forward,
+    # called from it, is compiled as its own frame.
+    disabled = torch.compiler.disable(function, recursive=False)
+    disabled.__signature__ = full  # type: ignore[attr-defined]
+    return disabled
 
 
 def patch(
