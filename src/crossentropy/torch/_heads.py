@@ -68,6 +68,27 @@ def chain_(g: torch.Tensor, opts: Options, tanh: torch.Tensor | None) -> torch.T
     return g
 
 
+def _weighted_sum(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_c w_c z_c`` per row with ``0 * -inf = 0`` (a class of weight 0 adds nothing
+    at a ``-inf`` logit); a positive weight at a ``-inf`` logit gives ``-inf``."""
+    return torch.where(w > 0, z, 0.0) @ w
+
+
+def _dot_with_minus_inf(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``u . z`` with ``0 * -inf = 0``, and ``-inf`` where ``u_c > 0`` at a
+    ``-inf`` logit; ``z``'s ``-inf`` entries become very negative finite numbers in place
+    (their softmax is 0 either way).
+
+    Two batched products, no ``(chunk, V)`` temporary: with ``-inf`` clamped to the
+    dtype's most negative number and then to half of it, the two dot products differ
+    exactly where some ``u_c > 0`` sits on a clamped entry (an infinite term).
+    """
+    lowest = torch.finfo(z.dtype).min
+    first = torch.bmm(u.unsqueeze(1), z.clamp_(min=lowest).unsqueeze(2)).reshape(-1)
+    second = torch.bmm(u.unsqueeze(1), z.clamp_(min=lowest / 2).unsqueeze(2)).reshape(-1)
+    return torch.where(first != second, -torch.inf, second)
+
+
 def _max_and_sumexp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row max and ``sum exp(z - max)``, turning ``z`` into ``exp(z - max)`` in place.
 
@@ -202,7 +223,7 @@ class Labels:
             w_y = self.w[idx.squeeze(1)] if z.shape[1] else torch.zeros_like(z_y)
             out.append(torch.where(hit, w_y, 0.0))
         if self.opts.label_smoothing:
-            out.append(z.sum(1) if self.w is None else z @ self.w)
+            out.append(z.sum(1) if self.w is None else _weighted_sum(z, self.w))
         zmax, sumexp = _max_and_sumexp(z)
         return [zmax, sumexp, *out]
 
@@ -254,10 +275,8 @@ class Labels:
 class Probabilities:
     """Probability targets (N, V_r), sharded like the logits; ``u`` built in ``buffer``.
 
-    ``0 log 0 = 0``: a ``-inf`` logit is first replaced by the dtype's most negative
-    number, in place (its softmax is 0 either way), so that a zero ``u_c`` there adds 0,
-    not NaN.  A positive ``u_c`` on a ``-inf`` logit (an infinite loss) then gives a loss
-    of the order of the dtype's largest number instead of ``inf``.
+    ``0 log 0 = 0``: a zero ``u_c`` at a ``-inf`` logit adds 0, not NaN, and a positive
+    one gives an infinite loss (:func:`_dot_with_minus_inf`).
     """
 
     def __init__(
@@ -284,9 +303,7 @@ class Probabilities:
     def stats(self, z: torch.Tensor, a: int) -> list[torch.Tensor]:
         """``[max, sumexp, sum(u), u . z]``; ``z`` becomes ``exp(z - max)``."""
         u = self.weights(a, z.shape[0])
-        z.clamp_(min=torch.finfo(z.dtype).min)
-        # Row-wise dot products u . z as one batched product: no (chunk, V) temporary.
-        dot = torch.bmm(u.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
+        dot = _dot_with_minus_inf(u, z)
         zmax, sumexp = _max_and_sumexp(z)
         return [zmax, sumexp, u.sum(1), dot]
 

@@ -130,9 +130,10 @@ def token_losses(
         nll = -logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
         w_y = torch.ones_like(nll) if w is None else w[safe]
         omega = torch.where(counted, w_y, 0.0)
-        loss = (1.0 - eps) * omega * nll
+        # times: a token of weight 0 (ignored, or w_y = 0) adds 0 even at a -inf logit.
+        loss = times((1.0 - eps) * omega, nll)
         if eps:
-            smooth = -logq.sum(-1) if w is None else -(logq * w).sum(-1)
+            smooth = -logq.sum(-1) if w is None else -times(w, logq).sum(-1)
             loss = loss + torch.where(counted, (eps / num_classes) * smooth, 0.0)
         if divergence:
             w_total = float(num_classes) if w is None else w.sum()
