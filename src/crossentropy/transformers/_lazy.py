@@ -202,7 +202,7 @@ class LazyLogits(torch.Tensor):
         return NotImplemented
 
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
         lazy = next(
             (a for a in (*args, *(kwargs or {}).values()) if isinstance(a, LazyLogits)), None
         )
