@@ -273,13 +273,6 @@ def test_three_d_hidden():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="a single token (hidden (D,) / logits (V,), batch shape ()) fails in the result "
-    "reshape: t.reshape(*batch, *t.shape[1:]) is reshape() with no shape, a TypeError "
-    "(cross_entropy and linear_cross_entropy accept 1-D input)",
-)
 @pytest.mark.parametrize("op", ["token_stats", "linear"])
 def test_one_token_scalar_statistics(op):
     hidden, weight, b, target = make((), 8, 17, seed=6, bias=True)

@@ -448,7 +448,7 @@ def _check_top_k(opts: Options, vocab: int) -> None:
 
 def stats_result(out: tuple[torch.Tensor, ...], batch: tuple[int, ...], opts: Options, target):
     log_prob, entropy, lse, collision, argmax, correct, top_i, top_lp = (
-        t.reshape(*batch, *t.shape[1:]) for t in out
+        t.reshape(batch + tuple(t.shape[1:])) for t in out
     )
     has_k = opts.top_k > 0
     return TokenStats(
