@@ -712,7 +712,7 @@ def test_junk_raises_only_value_or_type_error(a, b, c):
             assert not torch.isnan(out).any(), out
 
 
-# ---------------------------------------------------------------- open defects (found here)
+# ---------------------------------------------------------------- defects the fuzzing found (fixed)
 
 
 def test_ignored_token_with_minus_inf_logit_at_class_0():

@@ -59,12 +59,19 @@ def register(commands: Any) -> None:
     )
     sub.add_argument(
         "--out",
-        type=Path,
+        type=_out_dir,
         default=Path("crossentropy-demo"),
         help="folder for demo.png and demo.json (default ./crossentropy-demo)",
     )
     sub.add_argument("--no-plot", action="store_true", help="skip the figure")
     sub.set_defaults(run=run)
+
+
+def _out_dir(text: str) -> Path:
+    """``--out``: a folder path; an empty one is refused (``Path("")`` would be ``.``)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
 
 
 def _positive_int(text: str) -> int:
