@@ -169,3 +169,20 @@ def test_peft_lora_on_the_output_layer_is_refused():
     model = peft.get_peft_model(build("llama"), config)
     with pytest.raises(ValueError, match=r"LlamaForCausalLM: its output layer carries a LoRA"):
         patch(model)
+
+
+# --------------------------------------------------------------------------- checkpointing
+
+
+def test_gradient_checkpointing():
+    model, reference = pair("qwen3")
+    for net in (model, reference):
+        net.gradient_checkpointing_enable()
+    patch(model)
+    ids, mask, labels = batch()
+    got = model(input_ids=ids, attention_mask=mask, labels=labels)
+    want = reference(input_ids=ids, attention_mask=mask, labels=labels)
+    got.loss.backward()
+    want.loss.backward()
+    close(got.loss, want.loss)
+    assert_same_grads(model, reference)
