@@ -17,11 +17,14 @@ and zero gradients under ``mean``.
 reinforcement learning and evaluation compose their objectives from.
 """
 
+from ._distill import Teacher, TopK
 from ._functional import (
     cross_entropy,
+    distillation_loss,
     entropy_loss,
     kl_loss,
     linear_cross_entropy,
+    linear_distillation_loss,
     linear_token_stats,
     token_stats,
 )
@@ -32,11 +35,15 @@ __all__ = [
     "CrossEntropyLoss",
     "KLLoss",
     "LinearCrossEntropyLoss",
+    "Teacher",
     "TokenStats",
+    "TopK",
     "cross_entropy",
+    "distillation_loss",
     "entropy_loss",
     "kl_loss",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "linear_token_stats",
     "token_stats",
 ]

@@ -14,15 +14,18 @@ from typing import Any
 
 import torch
 
-from . import _checks, _chunked, _reference, _stats
+from . import _checks, _chunked, _distill, _reference, _stats
+from ._distill import Teacher, TopK
 from ._options import Options, compute_dtype
 from ._stats import TokenStats
 
 __all__ = [
     "cross_entropy",
+    "distillation_loss",
     "entropy_loss",
     "kl_loss",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "linear_token_stats",
     "token_stats",
 ]
@@ -603,3 +606,232 @@ def linear_token_stats(
     triton = _use_triton(opts, hidden)
     out = _stats.apply(flat, weight, bias, flat_target, _resolved(opts, triton))
     return stats_result(out, batch, opts, target)
+
+
+def _teacher(teacher: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
+    """Check a distillation teacher against the student's batch and vocabulary; flat."""
+    tokens = math.prod(batch)
+    if isinstance(teacher, TopK):
+        indices, log_probs = teacher
+        _checks.tensor(indices, "teacher.indices")
+        _checks.floating(log_probs, "teacher.log_probs")
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"teacher.indices must be integer classes, got {indices.dtype}")
+        k = indices.shape[-1] if indices.ndim else 0
+        if tuple(indices.shape) != (*batch, k) or tuple(log_probs.shape) != (*batch, k) or k < 1:
+            raise ValueError(
+                f"teacher (TopK) indices and log_probs must both have shape {(*batch, 'k')} "
+                f"with k >= 1, got {tuple(indices.shape)} and {tuple(log_probs.shape)}"
+            )
+        if k > vocab:
+            raise ValueError(f"teacher (TopK) k = {k} exceeds the vocabulary size {vocab}")
+        if opts.divergence != "forward_kl":
+            raise ValueError(
+                "a TopK teacher supports divergence='forward_kl' only (the KL over its k "
+                f"classes and one tail bucket), got divergence={opts.divergence!r}"
+            )
+        flat_i = _checks.as_labels(indices).reshape(tokens, k).long()
+        flat_lp = log_probs.reshape(tokens, k)
+        if reads:
+            _check_top_k_data(flat_i, flat_lp, vocab)
+        return TopK(flat_i, flat_lp)
+    if isinstance(teacher, Teacher):
+        hidden, weight, bias, softcap = teacher
+        _checks.floating(hidden, "teacher.hidden")
+        _checks.floating(weight, "teacher.weight")
+        if weight.ndim != 2 or weight.shape[0] != vocab:
+            raise ValueError(
+                f"teacher.weight must have shape ({vocab}, D_t): its vocabulary must equal "
+                f"the student's ({vocab}), got {tuple(weight.shape)}"
+            )
+        if tuple(hidden.shape) != (*batch, weight.shape[1]):
+            raise ValueError(
+                f"teacher.hidden must have shape {(*batch, weight.shape[1])} (the student's "
+                f"tokens, the teacher's hidden size), got {tuple(hidden.shape)}"
+            )
+        _checks.same_dtype(hidden, "teacher.hidden", **{"teacher.weight": weight})
+        if bias is not None and tuple(bias.shape) != (vocab,):
+            raise ValueError(f"teacher.bias must have shape ({vocab},), got {tuple(bias.shape)}")
+        Options(softcap=softcap)  # the teacher's softcap, checked as every softcap
+        flat = hidden.reshape(tokens, weight.shape[1]).contiguous()
+        return Teacher(
+            flat.detach(), weight.detach(), None if bias is None else bias.detach(), softcap
+        )
+    _checks.floating(teacher, "teacher")
+    if tuple(teacher.shape) != (*batch, vocab):
+        raise ValueError(
+            f"teacher (logits) must have the student's logits shape {(*batch, vocab)}, got "
+            f"{tuple(teacher.shape)}"
+        )
+    return teacher.detach().reshape(tokens, vocab)
+
+
+def _check_top_k_data(indices: torch.Tensor, log_probs: torch.Tensor, vocab: int) -> None:
+    if bool(((indices < 0) | (indices >= vocab)).any()):
+        raise ValueError(f"teacher (TopK) indices must lie in [0, {vocab})")
+    ordered = indices.sort(-1).values
+    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError("teacher (TopK) indices must be distinct within each token")
+    tol = 1e-6 if log_probs.dtype == torch.float64 else 1e-3
+    if bool((log_probs > tol).any()) or bool(torch.isnan(log_probs).any()):
+        raise ValueError("teacher (TopK) log_probs must be log-probabilities (<= 0)")
+
+
+def _distill_target(target: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
+    if target is None:
+        if opts.hard_weight:
+            raise ValueError("hard_weight > 0 needs target (class indices for the hard part)")
+        return None
+    return _stats_target(target, batch, vocab, reads, opts)
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher: torch.Tensor | TopK,
+    *,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    target: torch.Tensor | None = None,
+    hard_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    normalize_by: float | torch.Tensor | None = None,
+    softcap: float | None = None,
+    validate: bool | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    r"""Distillation loss of the student's logits from a teacher.
+
+    With :math:`p` the teacher's and :math:`q` the student's distribution, both at
+    temperature :math:`T` (:math:`q = \operatorname{softmax}(\operatorname{softcap}(z)/T)`,
+    :math:`p = \operatorname{softmax}(t / T)`), each token's divergence is one of
+
+    ===================  ==========================================================
+    ``forward_kl``       :math:`D(p \| q)` (covers the teacher's modes)
+    ``reverse_kl``       :math:`D(q \| p)` (seeks one mode)
+    ``jsd``              :math:`\beta D(p \| m) + (1-\beta) D(q \| m)`,
+                         :math:`m = \beta p + (1 - \beta) q` (GKD's generalized JSD;
+                         ``beta=0`` is exactly ``forward_kl``, ``beta=1`` exactly
+                         ``reverse_kl``, as TRL's ``GKDTrainer.generalized_jsd_loss``)
+    ``skew_kl``          :math:`D(p \| \beta p + (1-\beta) q)` (DistiLLM)
+    ``skew_reverse_kl``  :math:`D(q \| \beta q + (1-\beta) p)`
+    ``tvd``              :math:`\tfrac12 \sum_c |p_c - q_c|`
+    ===================  ==========================================================
+
+    With ``hard_weight`` :math:`\lambda` the token's loss is
+    :math:`(1 - \lambda) D + \lambda H(y, q_1)`, the cross-entropy of the student at
+    temperature 1 against ``target`` (default 0: nothing changes silently).
+    ``0 log 0 = 0`` throughout.  This is the essay's setting made literal: the teacher's
+    entropy :math:`S(p)` is not 0, and ``forward_kl`` is the cross-entropy to the
+    teacher less that constant.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., V)
+    teacher : Tensor (..., V) of teacher logits, or TopK(indices, log_probs)
+        A :class:`TopK` teacher gives its log-probabilities at its ``k`` most likely
+        classes (stored offline or sent by a served teacher), used as given (the
+        temperature applies to the student only); it supports ``forward_kl``: the KL of
+        the distributions coarsened to those ``k`` classes plus one tail bucket,
+        :math:`p_{tail} = 1 - \sum_k p`, :math:`q_{tail} = 1 - \sum_k q`, which is
+        :math:`\ge 0` and 0 exactly when the student matches the teacher on the ``k``
+        classes and in total on the rest.  The teacher gets no gradient.
+    divergence : str
+    beta : float in [0, 1] (in (0, 1) for ``skew_*``)
+    temperature, softcap, normalize_by, validate
+        As in :func:`cross_entropy` (``softcap`` is the student's).
+    target : Tensor, shape (...), integer, optional
+        Class indices with ``ignore_index``: ignored tokens count for nothing; needed
+        when ``hard_weight > 0``.
+    hard_weight : float in [0, 1]
+    reduction : {'mean', 'sum', 'none'}
+        ``mean`` over the counted tokens (all tokens without ``target``); an all-ignored
+        batch gives 0 with zero gradients.
+    impl : {'auto', 'torch'}
+        Accepted for symmetry; this loss runs on the plain-PyTorch chunk maths.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import distillation_loss
+    >>> student, teacher = torch.zeros(1, 2), torch.tensor([[0.0, -1e9]])
+    >>> distillation_loss(student, teacher)  # D(one-hot || uniform) = log 2
+    tensor(0.6931)
+    """
+    opts = Options.of(locals())
+    _checks.logits(logits)
+    vocab = logits.shape[-1]
+    batch = tuple(logits.shape[:-1])
+    reads = _checks.reads_data(validate, logits)
+    flat_teacher = _teacher(teacher, batch, vocab, reads, opts)
+    flat_target = _distill_target(target, batch, vocab, reads, opts)
+    out = _distill.dense(logits.reshape(-1, vocab), flat_teacher, flat_target, opts)
+    return out.reshape(batch) if opts.reduction == "none" else out
+
+
+def linear_distillation_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher: torch.Tensor | TopK | Teacher,
+    *,
+    bias: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    target: torch.Tensor | None = None,
+    hard_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    normalize_by: float | torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    validate: bool | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    r""":func:`distillation_loss` of the student's logits ``hidden @ weight.T + bias``,
+    never materialised.
+
+    ``teacher`` is a tensor of teacher logits (read a chunk at a time), a :class:`TopK`,
+    or a :class:`Teacher` ``(hidden, weight, bias=None, softcap=None)`` whose logits are
+    computed chunk by chunk without gradient (its hidden size may differ from the
+    student's; its vocabulary must equal it).  The tokens go through the fused-chunk
+    driver: for ``mean`` and ``sum`` the gradients of the student's hidden, weight and
+    bias are computed in the forward pass (``6 N D V`` FLOPs, plus ``2 N D_t V`` for a
+    :class:`Teacher`), for ``none`` recomputed in backward with any upstream gradient.
+    The weight gradient is accumulated in float32 for half inputs.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., D)
+    weight : Tensor, shape (V, D)
+    teacher : Tensor (..., V), TopK or Teacher
+    bias : Tensor, shape (V,), optional
+    divergence, beta, temperature, target, hard_weight, ignore_index, reduction,
+    normalize_by, softcap, validate, impl
+        As in :func:`distillation_loss`.
+    chunk_size : int, optional
+        As in :func:`linear_cross_entropy`.
+    """
+    opts = Options.of(locals())
+    _checks.floating(hidden, "hidden")
+    _checks.floating(weight, "weight")
+    _checks.not_sharded(hidden=hidden, weight=weight, bias=bias)
+    if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
+            f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
+        )
+    _checks.same_dtype(hidden, "hidden", weight=weight, bias=bias)
+    vocab, dim = weight.shape
+    if vocab == 0:
+        raise ValueError("weight must have at least one row (class)")
+    if bias is not None and tuple(bias.shape) != (vocab,):
+        raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
+    batch = tuple(hidden.shape[:-1])
+    reads = _checks.reads_data(validate, hidden)
+    flat_teacher = _teacher(teacher, batch, vocab, reads, opts)
+    flat_target = _distill_target(target, batch, vocab, reads, opts)
+    flat = hidden.reshape(math.prod(batch), dim).contiguous()
+    loss = _distill.apply(flat, weight, bias, flat_teacher, flat_target, _resolved(opts, False))
+    return loss.reshape(batch) if opts.reduction == "none" else loss

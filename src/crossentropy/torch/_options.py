@@ -23,6 +23,7 @@ __all__ = ["REDUCTIONS", "Options", "TritonOptions", "VocabParallel", "compute_d
 REDUCTIONS = ("mean", "none", "sum")
 IMPLS = ("auto", "torch", "triton")
 WEIGHT_GRADS = ("float32", "input")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 
 _F32 = torch.finfo(torch.float32)
 _INT64 = torch.iinfo(torch.int64)
@@ -113,7 +114,8 @@ class Options:
 
     ``z = softcap(logits) / temperature`` is what every loss sees.  ``normalize_by``
     (a number or a 0-d tensor) replaces the divisor of ``reduction='mean'``.  ``top_k``
-    is the number of largest log-probabilities the per-token statistics return.  ``impl``
+    is the number of largest log-probabilities the per-token statistics return;
+    ``divergence``, ``beta`` and ``hard_weight`` choose a distillation loss.  ``impl``
     and ``chunk_size`` choose how, never what.  ``triton`` and ``parallel`` are the
     backend and vocabulary-parallel extras.
     """
@@ -126,6 +128,9 @@ class Options:
     temperature: float = 1.0
     normalize_by: float | torch.Tensor | None = None
     top_k: int = 0
+    divergence: str = "forward_kl"
+    beta: float = 0.5
+    hard_weight: float = 0.0
     chunk_size: int | None = None
     impl: str = "auto"
     triton: TritonOptions | None = None
@@ -165,6 +170,21 @@ class Options:
         ):
             raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
         set_(self, "top_k", int(self.top_k))
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(
+                f"divergence must be one of {', '.join(map(repr, DIVERGENCES))}, "
+                f"got {self.divergence!r}"
+            )
+        beta = _real(self.beta, "beta")
+        if self.divergence.startswith("skew") and not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must lie in (0, 1) for {self.divergence}, got {self.beta!r}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {self.beta!r}")
+        set_(self, "beta", beta)
+        hard = _real(self.hard_weight, "hard_weight")
+        if not 0.0 <= hard <= 1.0:
+            raise ValueError(f"hard_weight must lie in [0, 1], got {self.hard_weight!r}")
+        set_(self, "hard_weight", hard)
         if self.chunk_size is not None:
             if (
                 isinstance(self.chunk_size, bool)

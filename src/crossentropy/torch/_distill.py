@@ -1,0 +1,360 @@
+"""Distillation from a teacher: the divergences' chunk maths and the fused Function.
+
+With ``p`` the teacher's and ``q`` the student's distribution over the ``V`` classes
+(both at temperature ``T``: ``q = softmax(softcap(x) / T)``, ``p = softmax(t / T)`` from
+the teacher's logits ``t``, themselves soft-capped for a :class:`Teacher` with a
+softcap), per token:
+
+=====================  ===========================================  ==================
+divergence             loss                                         ``g = dL/dq``
+=====================  ===========================================  ==================
+``forward_kl``         ``D(p || q)``                                ``-p / q``
+``reverse_kl``         ``D(q || p)``                                ``log(q / p) + 1``
+``jsd``                ``b D(p || m) + (1 - b) D(q || m)``,         ``(1 - b) log(q/m)``
+                       ``m = b p + (1 - b) q``
+``skew_kl``            ``D(p || b p + (1 - b) q)``                  ``-(1 - b) p / m``
+``skew_reverse_kl``    ``D(q || b q + (1 - b) p)``                  ``log(q/m) + 1 - b q/m``
+``tvd``                ``1/2 sum |p - q|``                          ``sign(q - p) / 2``
+=====================  ===========================================  ==================
+
+(``jsd`` with ``b = 0`` is exactly ``forward_kl`` and with ``b = 1`` exactly
+``reverse_kl``: the convention of TRL's ``GKDTrainer.generalized_jsd_loss``.)  Through
+the softmax, ``dL/dz_c = q_c (g_c - sum_j q_j g_j)`` (``q - p`` for ``forward_kl``).
+``0 log 0 = 0`` throughout: a class where a probability is 0 adds nothing.
+
+A :class:`TopK` teacher (its log-probabilities at its ``k`` most likely classes) gives
+the forward KL between the two distributions coarsened to those ``k`` classes and one
+tail bucket (``p_tail = 1 - sum_k p``, ``q_tail = 1 - sum_k q``), whose gradient is
+``q_c - p_c`` on the ``k`` classes and ``q_c (1 - p_tail / q_tail)`` elsewhere.
+
+With ``hard_weight = lam`` the token's loss is ``(1 - lam) D + lam H(y, softmax(softcap(x)))``,
+the hard part at temperature 1 against the class index ``y``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+from . import _reduction
+from ._driver import Gradients, Product, chunk_rows, spans
+from ._heads import chain_, transform_
+from ._options import Options, compute_dtype
+
+__all__ = ["Teacher", "TopK", "apply", "divergence_and_grad"]
+
+
+class TopK(NamedTuple):
+    """A teacher given by its log-probabilities at its ``k`` most likely classes.
+
+    ``indices`` (..., k) integer classes (distinct per token), ``log_probs`` (..., k)
+    their log-probabilities (<= 0), used as given (the temperature applies to the
+    student only).  Only ``divergence='forward_kl'`` (over the ``k`` classes and one tail
+    bucket, see :func:`crossentropy.torch.distillation_loss`).
+    """
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+
+
+class Teacher(NamedTuple):
+    """A teacher given by its output layer: logits ``hidden @ weight.T + bias``,
+    soft-capped by ``softcap`` if given, computed a chunk at a time without gradient.
+
+    ``hidden`` (..., D_t) may have another hidden size than the student's; ``weight``
+    (V, D_t) must have the student's vocabulary."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    softcap: float | None = None
+
+
+def _canonical(opts: Options) -> str:
+    if opts.divergence == "jsd" and opts.beta == 0.0:
+        return "forward_kl"
+    if opts.divergence == "jsd" and opts.beta == 1.0:
+        return "reverse_kl"
+    return opts.divergence
+
+
+def _mixture(la: torch.Tensor, lb: torch.Tensor, weight: float) -> torch.Tensor:
+    """``log(weight e^la + (1 - weight) e^lb)``."""
+    return torch.logaddexp(la + math.log(weight), lb + math.log1p(-weight))
+
+
+def _plogr(pr: torch.Tensor, lp: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``p log(p / r)`` with ``0 log 0 = 0`` (``pr = p``, logs ``lp``, ``lr``)."""
+    return torch.where(pr > 0, pr * (lp - lr), 0.0).sum(-1)
+
+
+def divergence_and_grad(
+    lp: torch.Tensor, lq: torch.Tensor, opts: Options, grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token divergence of the log-probability blocks ``lp`` (teacher) and ``lq``
+    (student), (n, V), and with ``grad`` its gradient with respect to the student's
+    transformed logits, (n, V)."""
+    p, q = lp.exp(), lq.exp()
+    kind, b = _canonical(opts), opts.beta
+    g: torch.Tensor | None
+    if kind == "forward_kl":
+        return _plogr(p, lp, lq), (q - p) if grad else None
+    if kind == "reverse_kl":
+        r = torch.where(q > 0, lq - lp, 0.0)
+        loss = (q * r).sum(-1)
+        g = r
+    elif kind == "jsd":
+        lm = _mixture(lp, lq, b)
+        loss = b * _plogr(p, lp, lm) + (1.0 - b) * _plogr(q, lq, lm)
+        g = (1.0 - b) * torch.where(q > 0, lq - lm, 0.0)
+    elif kind == "skew_kl":
+        lm = _mixture(lp, lq, b)
+        loss = _plogr(p, lp, lm)
+        g = -(1.0 - b) * torch.where(p > 0, (lp - lm).exp(), 0.0)
+    elif kind == "skew_reverse_kl":
+        lm = _mixture(lq, lp, b)
+        loss = _plogr(q, lq, lm)
+        ratio = torch.where(q > 0, lq - lm, 0.0)
+        g = ratio + 1.0 - b * ratio.exp()
+    else:  # tvd
+        diff = q - p
+        loss = 0.5 * diff.abs().sum(-1)
+        g = 0.5 * diff.sign()
+    if not grad:
+        return loss, None
+    mean = (q * g).sum(-1, keepdim=True)
+    return loss, q * (g - mean)
+
+
+def top_k_kl_and_grad(
+    lq: torch.Tensor, indices: torch.Tensor, lpk: torch.Tensor, grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The coarsened forward KL of a :class:`TopK` teacher (module notes)."""
+    q = lq.exp()
+    lqk = lq.gather(1, indices)
+    pk = lpk.exp()
+    p_tail = (1.0 - pk.sum(-1)).clamp(min=0.0)
+    q_tail = (1.0 - lqk.exp().sum(-1)).clamp(min=0.0)
+    loss = _plogr(pk, lpk, lqk)
+    tail = torch.where(p_tail > 0, p_tail * (p_tail.log() - q_tail.log()), 0.0)
+    loss = loss + tail
+    if not grad:
+        return loss, None
+    ratio = torch.where(p_tail > 0, p_tail / q_tail, 0.0)
+    g = q * (1.0 - ratio).unsqueeze(1)
+    g.scatter_(1, indices, lqk.exp() - pk)
+    return loss, g
+
+
+def _log_softmax_(z: torch.Tensor) -> torch.Tensor:
+    return z.sub_(torch.logsumexp(z, -1, keepdim=True))
+
+
+class _TeacherBlocks:
+    """The teacher's log-probabilities chunk by chunk: from its logits (a tensor read a
+    chunk at a time) or its output layer (a product without gradient), or top-k."""
+
+    def __init__(self, teacher: Any, opts: Options, rows: int) -> None:
+        self.teacher, self.opts = teacher, opts
+        self.product = None
+        if isinstance(teacher, Teacher):
+            cap = Options(softcap=teacher.softcap, temperature=opts.temperature)
+            self.product = Product(teacher.hidden, teacher.weight, teacher.bias, cap, rows)
+
+    def __call__(self, a: int, b: int, dtype: torch.dtype) -> Any:
+        if isinstance(self.teacher, TopK):
+            return self.teacher.indices[a:b], self.teacher.log_probs[a:b].to(dtype)
+        if self.product is not None:
+            z, _ = self.product.logits(a, b)
+            return _log_softmax_(z.to(dtype))
+        z = self.teacher[a:b].to(dtype) / self.opts.temperature
+        return torch.log_softmax(z, -1)
+
+
+def _chunk(
+    z: torch.Tensor,
+    teacher: Any,
+    target: torch.Tensor | None,
+    opts: Options,
+    scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk: per-token losses of the transformed student logits ``z`` (n, V), and
+    with ``scale`` (n,) ``dL/dz`` scaled, in a new block (``z`` is overwritten)."""
+    lam, temp = opts.hard_weight, opts.temperature
+    grad = scale is not None
+    hard = hard_grad = None
+    if lam and target is not None:  # the hard part: softmax(softcap(x)) at T = 1
+        z1 = z * temp
+        lse1 = torch.logsumexp(z1, -1)
+        counted = target != opts.ignore_index
+        safe = torch.where(counted, target, 0).unsqueeze(1)
+        hard = lse1 - z1.gather(1, safe).squeeze(1)
+        if grad:
+            hard_grad = z1.sub_(lse1.unsqueeze(1)).exp_()
+            hard_grad.scatter_add_(1, safe, -counted.to(z.dtype).unsqueeze(1))
+    lq = _log_softmax_(z)
+    if isinstance(teacher, tuple):  # TopK: (indices, log_probs)
+        loss, g = top_k_kl_and_grad(lq, teacher[0], teacher[1], grad)
+    else:
+        loss, g = divergence_and_grad(teacher, lq, opts, grad)
+    if lam:
+        loss = (1.0 - lam) * loss + (0.0 if hard is None else lam * hard)
+    if not grad:
+        return loss, None
+    assert g is not None and scale is not None
+    s = scale.unsqueeze(1)
+    g = g.mul_(s * (1.0 - lam)) if lam else g.mul_(s)
+    if hard_grad is not None:  # at T = 1: times T here, as the chain rule divides by T
+        g.addcmul_(hard_grad, s, value=lam * temp)
+    return loss, g
+
+
+def _run(hidden, weight, bias, teacher, target, opts, scales, needs):
+    """Per-token losses and, with ``scales``, the :class:`Gradients`."""
+    num_tokens, dim = hidden.shape
+    vocab = weight.shape[0]
+    compute = compute_dtype(hidden.dtype)
+    rows = chunk_rows(opts, num_tokens, vocab, dim, hidden.dtype, True)
+    product = Product(hidden, weight, bias, opts, rows, keep_tanh=scales is not None)
+    blocks = _TeacherBlocks(teacher, opts, rows)
+    grads = None if scales is None else Gradients(hidden, weight, bias, needs)
+    losses = torch.empty(num_tokens, dtype=compute, device=hidden.device)
+    for a, b in spans(num_tokens, rows):
+        z, tanh = product.logits(a, b)
+        y = None if target is None else target[a:b]
+        s = None if scales is None else scales[a:b]
+        losses[a:b], g = _chunk(z, blocks(a, b, compute), y, opts, s)
+        if grads is not None and g is not None:
+            chain_(g, opts, tanh)
+            grads.add(product.staged(g), g, hidden[a:b], a, b)
+    return losses, grads
+
+
+class _LinearDistillation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, teacher_tensors, opts, needs, kind):  # type: ignore[override]
+        teacher = _rebuild(kind, teacher_tensors)
+        compute = compute_dtype(hidden.dtype)
+        counted = _counted(target, hidden.shape[0], opts, compute, hidden.device)
+        divs = _reduction.divisors(counted, counted, opts)
+        in_forward = any(needs) and opts.reduction != "none"
+        scales = _reduction.token_scales(counted, opts, divs)[0] if in_forward else None
+        losses, grads = _run(hidden, weight, bias, teacher, target, opts, scales, needs)
+        losses = torch.where(counted != 0, losses, 0.0)
+        out = _reduction.reduce(losses, None, opts, divs)
+        ctx.opts, ctx.needs, ctx.kind, ctx.grads, ctx.divs = opts, needs, kind, grads, divs
+        if any(needs):
+            ctx.save_for_backward(hidden, weight, bias, target, *teacher_tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "linear_distillation_loss does not support double backward "
+                "(create_graph=True); use distillation_loss on the logits"
+            )
+        opts = ctx.opts
+        if ctx.grads is not None:
+            grads, ctx.grads = ctx.grads, None
+            dh, dw, db = grads.finish(grad.reshape(()))
+            return dh, dw, db, None, None, None, None, None
+        hidden, weight, bias, target, *teacher_tensors = ctx.saved_tensors
+        teacher = _rebuild(ctx.kind, teacher_tensors)
+        compute = compute_dtype(hidden.dtype)
+        counted = _counted(target, hidden.shape[0], opts, compute, hidden.device)
+        upstream = None
+        if opts.reduction == "none":
+            scales = _reduction.token_scales(counted, opts, None, grad.reshape(-1))[0]
+        else:
+            scales = _reduction.token_scales(counted, opts, ctx.divs)[0]
+            upstream = grad.reshape(())
+        _, grads = _run(hidden, weight, bias, teacher, target, opts, scales, ctx.needs)
+        assert grads is not None
+        dh, dw, db = grads.finish(upstream)
+        return dh, dw, db, None, None, None, None, None
+
+
+def _counted(target, num_tokens, opts, dtype, device):
+    if target is None:
+        return torch.ones(num_tokens, dtype=dtype, device=device)
+    return (target != opts.ignore_index).to(dtype)
+
+
+def _flatten(teacher: Any) -> tuple[str, tuple]:
+    """A teacher as tensors for the autograd Function (which takes no NamedTuple)."""
+    if isinstance(teacher, TopK):
+        return "topk", (teacher.indices, teacher.log_probs)
+    if isinstance(teacher, Teacher):
+        return f"teacher:{teacher.softcap!r}", (teacher.hidden, teacher.weight, teacher.bias)
+    return "logits", (teacher,)
+
+
+def _rebuild(kind: str, tensors: Any) -> Any:
+    if kind == "topk":
+        return TopK(*tensors)
+    if kind.startswith("teacher:"):
+        cap = kind.split(":", 1)[1]
+        hidden, weight, bias = tensors
+        return Teacher(hidden, weight, bias, None if cap == "None" else float(cap))
+    return tensors[0]
+
+
+@torch.compiler.disable
+def apply(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    teacher: Any,
+    target: torch.Tensor | None,
+    opts: Options,
+) -> torch.Tensor:
+    """The fused distillation loss of flat ``hidden`` (N, D); ``teacher`` flat too."""
+    enabled = torch.is_grad_enabled()
+    needs = (
+        enabled and hidden.requires_grad,
+        enabled and weight.requires_grad,
+        enabled and bias is not None and bias.requires_grad,
+    )
+    kind, tensors = _flatten(teacher)
+    return _LinearDistillation.apply(hidden, weight, bias, target, tensors, opts, needs, kind)
+
+
+class _DenseDistillation(torch.autograd.Function):
+    """Per-token losses of flat logits (N, V); ``dL/dx`` formed in forward by the same
+    chunk maths (one chunk), scaled by the per-token upstream gradient in backward."""
+
+    @staticmethod
+    def forward(ctx, logits, target, teacher_tensors, opts, kind):  # type: ignore[override]
+        compute = compute_dtype(logits.dtype)
+        z = logits.to(compute, copy=True)
+        tanh = torch.empty_like(z) if opts.softcap is not None else None
+        transform_(z, opts, tanh)
+        rows = logits.shape[0]
+        teacher = _TeacherBlocks(_rebuild(kind, teacher_tensors), opts, rows)(0, rows, compute)
+        needs = ctx.needs_input_grad[0]
+        ones = torch.ones(rows, dtype=compute, device=logits.device)
+        loss, g = _chunk(z, teacher, target, opts, ones if needs else None)
+        if g is not None:
+            chain_(g, opts, tanh)
+        ctx.save_for_backward(g)
+        ctx.dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (g,) = ctx.saved_tensors
+        return (g * grad.unsqueeze(1).to(g.dtype)).to(ctx.dtype), None, None, None, None
+
+
+def dense(
+    logits: torch.Tensor, teacher: Any, target: torch.Tensor | None, opts: Options
+) -> torch.Tensor:
+    """The reduced distillation loss of flat logits (N, V) and a flat teacher."""
+    kind, tensors = _flatten(teacher)
+    loss = _DenseDistillation.apply(logits, target, tensors, opts, kind)
+    counted = _counted(target, logits.shape[0], opts, loss.dtype, logits.device)
+    loss = torch.where(counted != 0, loss, 0.0)
+    return _reduction.reduce(loss, None, opts, _reduction.divisors(counted, counted, opts))
