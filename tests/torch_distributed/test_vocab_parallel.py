@@ -36,6 +36,7 @@ from crossentropy.torch.distributed import (  # noqa: E402
     global_token_count,
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
+    vocab_parallel_linear_distillation_loss,
     vocab_parallel_linear_token_stats,
 )
 
@@ -901,6 +902,85 @@ def token_stats_against_log_softmax(rank, world):
             close(h.grad, h_ref.grad, f"hidden grad {what}")
             close(w.grad, w_ref.grad[a:b], f"weight grad {what}")
             close(bb.grad, b_ref.grad[a:b], f"bias grad {what}")
+
+
+def _distill_oracle(x, t, y, *, divergence, beta, temperature, cap, lam, reduction):
+    """Float64 distillation loss with both distributions materialised (F.log_softmax)."""
+    import torch.nn.functional as F
+
+    z = x if cap is None else cap * torch.tanh(x / cap)
+    lq, lp = F.log_softmax(z / temperature, -1), F.log_softmax(t / temperature, -1)
+    q, p = lq.exp(), lp.exp()
+
+    def kl(a, la, lb):
+        return (a * (la - lb)).sum(-1)
+
+    if divergence == "forward_kl":
+        d = kl(p, lp, lq)
+    elif divergence == "reverse_kl":
+        d = kl(q, lq, lp)
+    elif divergence == "jsd":
+        lm = (beta * p + (1 - beta) * q).log()
+        d = beta * kl(p, lp, lm) + (1 - beta) * kl(q, lq, lm)
+    elif divergence == "skew_kl":
+        d = kl(p, lp, (beta * p + (1 - beta) * q).log())
+    elif divergence == "skew_reverse_kl":
+        d = kl(q, lq, (beta * q + (1 - beta) * p).log())
+    else:
+        d = 0.5 * (p - q).abs().sum(-1)
+    counted = y != -100
+    if lam:
+        d = (1 - lam) * d + lam * F.cross_entropy(z, torch.where(counted, y, 0), reduction="none")
+    d = torch.where(counted, d, 0.0)
+    if reduction == "none":
+        return d
+    return d.sum() if reduction == "sum" else d.sum() / counted.sum()
+
+
+@check
+def distillation_against_materialised(rank, world):
+    from crossentropy.torch import Teacher
+
+    divergences = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+    for case, sizes in enumerate(SPLITS[world]):
+        classes = sum(sizes)
+        a, b = bounds(sizes, rank)
+        for i, divergence in enumerate(divergences):
+            if (i + case) % STRIDE[world]:
+                continue
+            reduction = ("mean", "sum", "none")[i % 3]
+            lam = 0.3 if i % 2 else 0.0
+            kw = dict(divergence=divergence, beta=0.4, temperature=1.6, hard_weight=lam)
+            gen = torch.Generator().manual_seed(1400 + 10 * case + i)
+            n, d, dt = 8, 4, 5
+            hidden = torch.randn(n, d, generator=gen, dtype=F64)
+            weight = 2 * torch.randn(classes, d, generator=gen, dtype=F64)
+            bias = torch.randn(classes, generator=gen, dtype=F64)
+            th = torch.randn(n, dt, generator=gen, dtype=F64)
+            tw = 2 * torch.randn(classes, dt, generator=gen, dtype=F64)
+            _, y = make((n,), classes, seed=1500 + i)
+            up = torch.rand(n if reduction == "none" else (), generator=gen, dtype=F64) + 0.5
+            what = f"sizes {sizes} {divergence} {reduction} lam={lam}"
+            h_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+            ref = _distill_oracle(
+                h_ref @ w_ref.T + b_ref, (th @ tw.T), y, cap=3.0, reduction=reduction, lam=lam,
+                divergence=divergence, beta=0.4, temperature=1.6,
+            )  # fmt: skip
+            ref.backward(up)
+            for form in ("teacher", "logits"):
+                h = hidden.clone().requires_grad_()
+                w = weight[a:b].clone().requires_grad_()
+                bb = bias[a:b].clone().requires_grad_()
+                teacher = Teacher(th, tw[a:b]) if form == "teacher" else (th @ tw[a:b].T)
+                out = vocab_parallel_linear_distillation_loss(
+                    h, w, teacher, bias=bb, target=y, softcap=3.0, reduction=reduction,
+                    chunk_size=3, **kw,
+                )  # fmt: skip
+                out.backward(up)
+                close(out, ref.detach(), f"loss {form} {what}")
+                close(h.grad, h_ref.grad, f"hidden grad {form} {what}")
+                close(w.grad, w_ref.grad[a:b], f"weight grad {form} {what}")
+                close(bb.grad, b_ref.grad[a:b], f"bias grad {form} {what}")
 
 
 # ------------------------------------------------------------------------- the harness

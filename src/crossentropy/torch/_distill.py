@@ -37,10 +37,11 @@ import math
 from typing import Any, NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import _reduction
 from ._driver import Gradients, Product, chunk_rows, spans
-from ._heads import chain_, transform_
+from ._heads import chain_, combine, transform_
 from ._options import Options, compute_dtype
 
 __all__ = ["Teacher", "TopK", "apply", "divergence_and_grad"]
@@ -90,42 +91,67 @@ def _plogr(pr: torch.Tensor, lp: torch.Tensor, lr: torch.Tensor) -> torch.Tensor
     return torch.where(pr > 0, pr * (lp - lr), 0.0).sum(-1)
 
 
-def divergence_and_grad(
+def divergence_terms(
     lp: torch.Tensor, lq: torch.Tensor, opts: Options, grad: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token divergence of the log-probability blocks ``lp`` (teacher) and ``lq``
-    (student), (n, V), and with ``grad`` its gradient with respect to the student's
-    transformed logits, (n, V)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The divergence's sums over the classes of the blocks ``lp`` (teacher) and ``lq``
+    (student) of log-probabilities (n, V_r): ``(loss, g, q, p)`` with ``g = dL/dq``
+    (module notes; None for ``forward_kl``, whose gradient is ``q - p``), ``q`` and ``p``
+    the probabilities.  The losses add across vocabulary slices."""
     p, q = lp.exp(), lq.exp()
     kind, b = _canonical(opts), opts.beta
-    g: torch.Tensor | None
+    g: torch.Tensor | None = None
     if kind == "forward_kl":
-        return _plogr(p, lp, lq), (q - p) if grad else None
-    if kind == "reverse_kl":
+        loss = _plogr(p, lp, lq)
+    elif kind == "reverse_kl":
         r = torch.where(q > 0, lq - lp, 0.0)
         loss = (q * r).sum(-1)
         g = r
     elif kind == "jsd":
         lm = _mixture(lp, lq, b)
         loss = b * _plogr(p, lp, lm) + (1.0 - b) * _plogr(q, lq, lm)
-        g = (1.0 - b) * torch.where(q > 0, lq - lm, 0.0)
+        g = (1.0 - b) * torch.where(q > 0, lq - lm, 0.0) if grad else None
     elif kind == "skew_kl":
         lm = _mixture(lp, lq, b)
         loss = _plogr(p, lp, lm)
-        g = -(1.0 - b) * torch.where(p > 0, (lp - lm).exp(), 0.0)
+        g = -(1.0 - b) * torch.where(p > 0, (lp - lm).exp(), 0.0) if grad else None
     elif kind == "skew_reverse_kl":
         lm = _mixture(lq, lp, b)
         loss = _plogr(q, lq, lm)
-        ratio = torch.where(q > 0, lq - lm, 0.0)
-        g = ratio + 1.0 - b * ratio.exp()
+        if grad:
+            ratio = torch.where(q > 0, lq - lm, 0.0)
+            g = ratio + 1.0 - b * ratio.exp()
     else:  # tvd
         diff = q - p
         loss = 0.5 * diff.abs().sum(-1)
-        g = 0.5 * diff.sign()
-    if not grad:
-        return loss, None
-    mean = (q * g).sum(-1, keepdim=True)
-    return loss, q * (g - mean)
+        g = 0.5 * diff.sign() if grad else None
+    return loss, g, q, p
+
+
+def softmax_step(
+    q: torch.Tensor, p: torch.Tensor, g: torch.Tensor | None, qg: torch.Tensor | None
+) -> torch.Tensor:
+    """``dL/dz = q (g - sum_j q_j g_j)`` (``qg`` the global sum), or ``q - p`` for the
+    forward KL (``g`` None)."""
+    if g is None:
+        return q - p
+    assert qg is not None
+    return q * (g - qg.unsqueeze(1))
+
+
+def qg_sum(q: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
+    """``sum_c q_c g_c`` over the block's classes (None for the forward KL)."""
+    return None if g is None else (q * g).sum(-1)
+
+
+def divergence_and_grad(
+    lp: torch.Tensor, lq: torch.Tensor, opts: Options, grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token divergence of whole rows of log-probabilities ``lp`` (teacher) and
+    ``lq`` (student), (n, V), and with ``grad`` its gradient with respect to the
+    student's transformed logits."""
+    loss, g, q, p = divergence_terms(lp, lq, opts, grad)
+    return loss, softmax_step(q, p, g, qg_sum(q, g)) if grad else None
 
 
 def top_k_kl_and_grad(
@@ -163,14 +189,19 @@ class _TeacherBlocks:
             cap = Options(softcap=teacher.softcap, temperature=opts.temperature)
             self.product = Product(teacher.hidden, teacher.weight, teacher.bias, cap, rows)
 
-    def __call__(self, a: int, b: int, dtype: torch.dtype) -> Any:
-        if isinstance(self.teacher, TopK):
-            return self.teacher.indices[a:b], self.teacher.log_probs[a:b].to(dtype)
+    def logits(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
+        """The teacher's transformed logits ``t / T`` of tokens ``a:b`` (a reused block for
+        a :class:`Teacher`)."""
         if self.product is not None:
             z, _ = self.product.logits(a, b)
-            return _log_softmax_(z.to(dtype))
-        z = self.teacher[a:b].to(dtype) / self.opts.temperature
-        return torch.log_softmax(z, -1)
+            return z if z.dtype == dtype else z.to(dtype)
+        return self.teacher[a:b].to(dtype) / self.opts.temperature
+
+    def __call__(self, a: int, b: int, dtype: torch.dtype) -> Any:
+        """Log-probabilities of tokens ``a:b`` (a :class:`TopK`: its two blocks)."""
+        if isinstance(self.teacher, TopK):
+            return self.teacher.indices[a:b], self.teacher.log_probs[a:b].to(dtype)
+        return _log_softmax_(self.logits(a, b, dtype))
 
 
 def _chunk(
@@ -358,3 +389,142 @@ def dense(
     counted = _counted(target, logits.shape[0], opts, loss.dtype, logits.device)
     loss = torch.where(counted != 0, loss, 0.0)
     return _reduction.reduce(loss, None, opts, _reduction.divisors(counted, counted, opts))
+
+
+# ------------------------------------------------------------- vocabulary parallelism
+
+
+class _Sliced:
+    """Per-chunk pieces of the vocabulary-parallel distillation, on this rank's slice:
+    the student's and the teacher's transformed blocks and the hard part's label."""
+
+    def __init__(self, hidden, weight, bias, teacher, target, opts, rows, keep_tanh):
+        self.opts, self.target = opts, target
+        self.product = Product(hidden, weight, bias, opts, rows, keep_tanh=keep_tanh)
+        self.teacher = _TeacherBlocks(teacher, opts, rows)
+        parallel = opts.parallel
+        assert parallel is not None
+        width = weight.shape[0]
+        self.compute = compute_dtype(hidden.dtype)
+        if target is not None:
+            counted = target != opts.ignore_index
+            self.hit = counted & (target >= parallel.start) & (target < parallel.stop)
+            local = torch.where(self.hit, target - parallel.start, 0)
+            self.local = local.clamp(max=max(width - 1, 0))
+
+    def blocks(self, a: int, b: int):
+        zs, tanh = self.product.logits(a, b)
+        return zs, self.teacher.logits(a, b, self.compute), tanh
+
+
+def _max_and_sumexp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if z.shape[1] == 0:
+        full = torch.full((z.shape[0],), -torch.inf, dtype=z.dtype, device=z.device)
+        return full, torch.zeros_like(full)
+    m = z.amax(1)
+    shift = torch.where(torch.isfinite(m), m, 0.0)
+    return m, (z - shift.unsqueeze(1)).exp().sum(1)
+
+
+def _hard(opts: Options, target: torch.Tensor | None) -> bool:
+    return bool(opts.hard_weight) and target is not None
+
+
+class _ParallelDistillation(torch.autograd.Function):
+    """Per-token losses over a vocabulary split across a group (module notes of
+    :mod:`._parallel_functions` for the pattern): pass 1 gathers the three
+    normalisers (student at T, teacher at T, student at 1 for the hard part) through one
+    combine; pass 2 the divergence's sums and ``sum q g`` (one more ``all_reduce``);
+    backward recomputes the blocks and sums ``dh`` over the group."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, teacher_tensors, opts, kind):  # type: ignore[override]
+        teacher = _rebuild(kind, teacher_tensors)
+        num_tokens, dim = hidden.shape
+        rows = chunk_rows(opts, num_tokens, weight.shape[0], dim, hidden.dtype, True)
+        sliced = _Sliced(hidden, weight, bias, teacher, target, opts, rows, False)
+        hard, temp = _hard(opts, target), opts.temperature
+        maxima, sums, z1y = [], [], []
+        for a, b in [*spans(num_tokens, rows)] or [(0, 0)]:
+            zs, zt, _ = sliced.blocks(a, b)
+            pairs = [_max_and_sumexp(zs), _max_and_sumexp(zt)]
+            if hard:
+                z1 = zs * temp
+                pairs.append(_max_and_sumexp(z1))
+                picked = (
+                    z1.gather(1, sliced.local[a:b].unsqueeze(1)).squeeze(1)
+                    if z1.shape[1]
+                    else z1[:, 0:0].sum(1)
+                )
+                z1y.append(torch.where(sliced.hit[a:b], picked, 0.0))
+            maxima.append(torch.stack([m for m, _ in pairs]))
+            sums.append(torch.stack([e for _, e in pairs]))
+        extra = [torch.cat(z1y)] if hard else []
+        shift, combined = combine(torch.cat(maxima, 1), [torch.cat(sums, 1), *extra], opts.parallel)
+        lse = shift + combined[0].log()  # (2 or 3, N): student at T, teacher at T, student at 1
+        parts, qgs = [], []
+        for a, b in spans(num_tokens, rows):
+            zs, zt, _ = sliced.blocks(a, b)
+            lq, lp = zs - lse[0, a:b, None], zt - lse[1, a:b, None]
+            loss, g, q, _ = divergence_terms(lp, lq, opts)
+            parts.append(loss)
+            qgs.append(torch.zeros_like(loss) if g is None else (q * g).sum(-1))
+        empty = lse.new_zeros(0)
+        packed = torch.stack(
+            [torch.cat(parts) if parts else empty, torch.cat(qgs) if qgs else empty]
+        )
+        torch.distributed.all_reduce(packed, group=opts.parallel.group)
+        div, qg = packed[0], packed[1]
+        lam = opts.hard_weight
+        if hard:
+            div = (1.0 - lam) * div + lam * (lse[2] - combined[1])
+        counted = _counted(target, num_tokens, opts, div.dtype, div.device)
+        loss = torch.where(counted != 0, div, 0.0)
+        ctx.opts, ctx.kind, ctx.rows = opts, kind, rows
+        ctx.save_for_backward(hidden, weight, bias, target, lse, qg, counted, *teacher_tensors)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        opts, rows = ctx.opts, ctx.rows
+        hidden, weight, bias, target, lse, qg, counted, *teacher_tensors = ctx.saved_tensors
+        teacher = _rebuild(ctx.kind, teacher_tensors)
+        sliced = _Sliced(hidden, weight, bias, teacher, target, opts, rows, True)
+        compute = compute_dtype(hidden.dtype)
+        s = torch.where(counted != 0, grad.to(compute), 0.0)
+        needs = tuple(ctx.needs_input_grad[:3])
+        grads = Gradients(hidden, weight, bias, needs, dh_dtype=compute)
+        hard, lam, temp = _hard(opts, target), opts.hard_weight, opts.temperature
+        for a, b in spans(hidden.shape[0], rows):
+            zs, zt, tanh = sliced.blocks(a, b)
+            lq, lp = zs - lse[0, a:b, None], zt - lse[1, a:b, None]
+            _, g, q, p = divergence_terms(lp, lq, opts)
+            big_g = softmax_step(q, p, g, qg[a:b]).mul_((s[a:b] * (1.0 - lam)).unsqueeze(1))
+            if hard:  # at T = 1: times T here, as the chain rule divides by T
+                soft1 = (zs * temp - lse[2, a:b, None]).exp_()
+                if soft1.shape[1]:
+                    onehot = torch.where(sliced.hit[a:b], -1.0, 0.0).to(soft1.dtype)
+                    soft1.scatter_add_(1, sliced.local[a:b].unsqueeze(1), onehot.unsqueeze(1))
+                big_g.addcmul_(soft1, (s[a:b] * lam * temp).unsqueeze(1))
+            chain_(big_g, opts, tanh)
+            grads.add(sliced.product.staged(big_g), big_g, hidden[a:b], a, b)
+        parallel = opts.parallel
+        if grads.dh is not None and parallel.reduce_hidden_grad:
+            torch.distributed.all_reduce(grads.dh, group=parallel.group)
+        dh, dw, db = grads.finish(dh_dtype=hidden.dtype)
+        return dh, dw, db, None, None, None, None
+
+
+@torch.compiler.disable
+def parallel(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    teacher: Any,
+    target: torch.Tensor | None,
+    opts: Options,
+) -> torch.Tensor:
+    """Per-token distillation losses (N,) over a vocabulary-parallel group."""
+    kind, tensors = _flatten(teacher)
+    return _ParallelDistillation.apply(hidden, weight, bias, target, tensors, opts, kind)

@@ -608,7 +608,7 @@ def linear_token_stats(
     return stats_result(out, batch, opts, target)
 
 
-def _teacher(teacher: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
+def teacher_of(teacher: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
     """Check a distillation teacher against the student's batch and vocabulary; flat."""
     tokens = math.prod(batch)
     if isinstance(teacher, TopK):
@@ -677,7 +677,7 @@ def _check_top_k_data(indices: torch.Tensor, log_probs: torch.Tensor, vocab: int
         raise ValueError("teacher (TopK) log_probs must be log-probabilities (<= 0)")
 
 
-def _distill_target(target: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
+def distill_target(target: Any, batch: tuple[int, ...], vocab: int, reads: bool, opts: Options):
     if target is None:
         if opts.hard_weight:
             raise ValueError("hard_weight > 0 needs target (class indices for the hard part)")
@@ -764,8 +764,8 @@ def distillation_loss(
     vocab = logits.shape[-1]
     batch = tuple(logits.shape[:-1])
     reads = _checks.reads_data(validate, logits)
-    flat_teacher = _teacher(teacher, batch, vocab, reads, opts)
-    flat_target = _distill_target(target, batch, vocab, reads, opts)
+    flat_teacher = teacher_of(teacher, batch, vocab, reads, opts)
+    flat_target = distill_target(target, batch, vocab, reads, opts)
     out = _distill.dense(logits.reshape(-1, vocab), flat_teacher, flat_target, opts)
     return out.reshape(batch) if opts.reduction == "none" else out
 
@@ -830,8 +830,8 @@ def linear_distillation_loss(
         raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
     batch = tuple(hidden.shape[:-1])
     reads = _checks.reads_data(validate, hidden)
-    flat_teacher = _teacher(teacher, batch, vocab, reads, opts)
-    flat_target = _distill_target(target, batch, vocab, reads, opts)
+    flat_teacher = teacher_of(teacher, batch, vocab, reads, opts)
+    flat_target = distill_target(target, batch, vocab, reads, opts)
     flat = hidden.reshape(math.prod(batch), dim).contiguous()
     loss = _distill.apply(flat, weight, bias, flat_teacher, flat_target, _resolved(opts, False))
     return loss.reshape(batch) if opts.reduction == "none" else loss

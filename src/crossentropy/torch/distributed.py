@@ -143,8 +143,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _checks, _parallel, _reduction, _stats
+from . import _checks, _distill, _functional, _parallel, _reduction, _stats
 from . import _parallel_functions as functions
+from ._distill import Teacher, TopK
 from ._functional import stats_result
 from ._options import Options, compute_dtype
 from ._stats import TokenStats
@@ -153,6 +154,7 @@ __all__ = [
     "global_token_count",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_distillation_loss",
     "vocab_parallel_linear_token_stats",
 ]
 
@@ -577,3 +579,87 @@ def vocab_parallel_linear_token_stats(
     flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
     out = _stats.apply(flat, weight_shard, bias, call.target, opts)
     return stats_result(out, batch, opts, target)
+
+
+def vocab_parallel_linear_distillation_loss(
+    hidden: torch.Tensor,
+    weight_shard: torch.Tensor,
+    teacher: torch.Tensor | Teacher,
+    *,
+    group: Any = None,
+    vocab_sizes: Sequence[int] | None = None,
+    bias: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    target: torch.Tensor | None = None,
+    hard_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    normalize_by: torch.Tensor | float | None = None,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    reduce_hidden_grad: bool = True,
+    validate: bool | None = None,
+    agree: bool | None = None,
+) -> torch.Tensor:
+    r""":func:`crossentropy.torch.linear_distillation_loss` with the vocabulary split
+    across ``group``: the student's weight rows, and the teacher's (a
+    :class:`~crossentropy.torch.Teacher` whose ``weight`` holds the same rows of the
+    teacher's output layer, or the teacher's logits sharded like the student's).
+
+    The result equals the single-process loss on the whole vocabulary and is the same on
+    every rank.  Forward communication is ``O(tokens)``: the descriptor gather when the
+    ranks agree, one ``all_reduce`` MAX and one SUM of the packed normalisers (student and
+    teacher at ``T``, and the student at temperature 1 with ``hard_weight``), and one SUM
+    of the divergence's per-token sums; backward one ``all_reduce`` of the ``(N, D)``
+    hidden gradient.  A :class:`~crossentropy.torch.TopK` teacher is not sharded by
+    vocabulary: use the single-process loss for it.
+
+    Parameters
+    ----------
+    hidden, weight_shard, bias, group, vocab_sizes, chunk_size, reduce_hidden_grad,
+    validate, agree
+        As in :func:`vocab_parallel_linear_cross_entropy`.
+    teacher : Tensor (..., V_r) or Teacher
+        This rank's slice of the teacher (no gradient).
+    divergence, beta, temperature, target, hard_weight, ignore_index, reduction,
+    normalize_by, softcap
+        As in :func:`crossentropy.torch.distillation_loss` (``target`` the same on every
+        rank).
+    """
+    arguments = dict(locals())
+    name = "vocab_parallel_linear_distillation_loss"
+    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
+    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
+    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
+    target, g4 = _parallel.unwrap(target, "target", "replicate", 0)
+    target = _checks.as_labels(target)
+    group = _parallel.group_of([g1, g2, g3, g4], group)
+    flat_teacher: list[Any] = []
+
+    def local(opts: Options, reads: bool) -> _parallel.Local:
+        size = _check_hidden_and_shard(hidden, weight_shard, bias)
+        if isinstance(teacher, TopK):
+            raise ValueError(
+                "teacher: a TopK teacher is not sharded by vocabulary; use "
+                "crossentropy.torch.linear_distillation_loss for it"
+            )
+        batch = tuple(hidden.shape[:-1])
+        flat_teacher.append(_functional.teacher_of(teacher, batch, size, False, opts))
+        _functional.distill_target(target, batch, 1 << 62, False, opts)
+        fields: dict[str, Any] = {"target": target is not None, "bias": bias is not None}
+        fields["teacher"] = type(teacher).__name__
+        fields["hidden_size"] = hidden.shape[-1]
+        return _parallel.Local(size, batch, hidden.dtype, False, fields)
+
+    call = _parallel.prepare(
+        name, arguments, local=local, tensor=hidden, target=target, group=group
+    )
+    opts = call.opts
+    batch = tuple(hidden.shape[:-1])
+    flat = hidden.reshape(math.prod(batch), hidden.shape[-1]).contiguous()
+    loss = _distill.parallel(flat, weight_shard, bias, flat_teacher[0], call.target, opts)
+    counted = _distill._counted(call.target, flat.shape[0], opts, loss.dtype, loss.device)
+    out = _reduction.reduce(loss, None, opts, _reduction.divisors(counted, counted, opts))
+    return out.reshape(batch) if opts.reduction == "none" else out
