@@ -110,6 +110,9 @@ def test_digits_distillation_runs(tmp_path):
     assert result["dataset"] == "digits" and not (tmp_path / "demo.png").exists()
     assert result["max_parameter_difference"] < 1e-12
     assert 0 < result["entropy_data"] < math.log(10)
+    # Distillation: the divergence trained with, and the teacher's entropy as the floor.
+    assert result["divergence"] == "forward_kl"
+    assert "divergence='forward_kl'" in done.stdout and "teacher's entropy" in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -248,6 +248,13 @@ def summary_lines(data: DataSet, result: dict[str, Any]) -> list[str]:
         f"The data's entropy S(D) = {s:.4f} {unit} per {data.unit}: no model can do better "
         "on these data, so it is the floor of the loss.",
     ]
+    if data.divergence is not None:
+        floor.append(
+            f"This is distillation: P(D) is the teacher's distribution, so S(D) is the "
+            f"teacher's entropy, {s:.4f} {unit}, not 0 as for hard labels; the KL run "
+            f"trains on divergence={data.divergence!r}, D(teacher || student), and "
+            "H(teacher, student) = D(teacher || student) + S(teacher)."
+        )
     if truth is not None:
         floor.append(
             f"S(D) is the entropy of a sample, biased low; the truth's, estimated "
@@ -561,6 +568,7 @@ def run(args: argparse.Namespace) -> int:
     result = _in_base(result, log_base)
     result = {
         "dataset": data.name,
+        "divergence": data.divergence,
         "base": args.base if args.base is not None else math.e,
         "unit": _unit(args.base),
         "steps": args.steps,

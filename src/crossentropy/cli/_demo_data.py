@@ -41,6 +41,9 @@ class DataSet:
     classes: tuple[str, ...]
     train: Split
     held_out: Split
+    #: The divergence the KL run trains with when the targets are a teacher's
+    #: distribution (distillation), as crossentropy.torch.distillation_loss names it.
+    divergence: str | None = None
 
 
 def demo_text() -> str:
@@ -120,6 +123,7 @@ def digits(seed: int = 0, temperature: float = 2.0) -> DataSet:
         classes=tuple(str(c) for c in range(10)),
         train=split(train),
         held_out=split(held),
+        divergence="forward_kl",
     )
 
 
