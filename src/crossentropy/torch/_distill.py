@@ -248,6 +248,8 @@ def _run(hidden, weight, bias, teacher, target, opts, scales, needs):
     vocab = weight.shape[0]
     compute = compute_dtype(hidden.dtype)
     rows = chunk_rows(opts, num_tokens, vocab, dim, hidden.dtype, True)
+    if opts.impl == "triton":
+        return _run_triton(hidden, weight, bias, teacher, target, opts, scales, needs, rows)
     product = Product(hidden, weight, bias, opts, rows, keep_tanh=scales is not None)
     blocks = _TeacherBlocks(teacher, opts, rows)
     grads = None if scales is None else Gradients(hidden, weight, bias, needs)
@@ -260,6 +262,34 @@ def _run(hidden, weight, bias, teacher, target, opts, scales, needs):
         if grads is not None and g is not None:
             chain_(g, opts, tanh)
             grads.add(product.staged(g), g, hidden[a:b], a, b)
+    return losses, grads
+
+
+def _run_triton(hidden, weight, bias, teacher, target, opts, scales, needs, rows):
+    """:func:`_run` with the Triton row kernel's divergence mode as the chunk step."""
+    from ._triton import _linear
+    from ._triton._distill import divergence_step
+
+    product = Product(hidden, weight, bias, opts, rows, compute_block=False)
+    if isinstance(teacher, Teacher):
+        raw = Product(
+            teacher.hidden, teacher.weight, teacher.bias, Options(), rows, compute_block=False
+        )
+        teacher_block, teacher_cap = raw.raw, teacher.softcap
+    else:
+        teacher_block, teacher_cap = (lambda a, b: teacher[a:b]), None
+    kw = _linear.gradient_options(opts, hidden.dtype)
+    grads = None if scales is None else Gradients(hidden, weight, bias, needs, **kw)
+    compute = compute_dtype(hidden.dtype)
+    losses = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
+    kind = _canonical(opts)
+    for a, b in spans(hidden.shape[0], rows):
+        x = product.raw(a, b)
+        y = None if target is None else target[a:b]
+        s = None if scales is None else scales[a:b].contiguous()
+        losses[a:b] = divergence_step(x, teacher_block(a, b), teacher_cap, y, s, opts, kind)
+        if grads is not None:
+            grads.add(x, x, hidden[a:b], a, b)
     return losses, grads
 
 

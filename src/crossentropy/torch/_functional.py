@@ -808,10 +808,12 @@ def linear_distillation_loss(
     teacher : Tensor (..., V), TopK or Teacher
     bias : Tensor, shape (V,), optional
     divergence, beta, temperature, target, hard_weight, ignore_index, reduction,
-    normalize_by, softcap, validate, impl
+    normalize_by, softcap, validate
         As in :func:`distillation_loss`.
-    chunk_size : int, optional
-        As in :func:`linear_cross_entropy`.
+    chunk_size, impl : optional
+        As in :func:`linear_cross_entropy`: ``impl='auto'`` runs the Triton row kernel's
+        divergence mode on CUDA tensors where Triton is installed (not for a
+        :class:`TopK` teacher, which stays on the plain-PyTorch step).
     """
     opts = Options.of(locals())
     _checks.floating(hidden, "hidden")
@@ -833,5 +835,12 @@ def linear_distillation_loss(
     flat_teacher = teacher_of(teacher, batch, vocab, reads, opts)
     flat_target = distill_target(target, batch, vocab, reads, opts)
     flat = hidden.reshape(math.prod(batch), dim).contiguous()
-    loss = _distill.apply(flat, weight, bias, flat_teacher, flat_target, _resolved(opts, False))
+    top_k = isinstance(flat_teacher, TopK)
+    if top_k and opts.impl == "triton":
+        raise ValueError(
+            "impl='triton' has no TopK teacher in the divergence kernel; use impl='torch' "
+            "(or 'auto')"
+        )
+    triton = _use_triton(opts, hidden) and not top_k
+    loss = _distill.apply(flat, weight, bias, flat_teacher, flat_target, _resolved(opts, triton))
     return loss.reshape(batch) if opts.reduction == "none" else loss

@@ -353,3 +353,165 @@ def stats_grad_kernel(
         if HAS_CAP:
             g = g * (1.0 - r * r)
         tl.store(x_row + idx, g.to(X.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _capped(x, cap, HAS_CAP: tl.constexpr):
+    if HAS_CAP:
+        x = cap * (1.0 - 2.0 / (tl.exp(2.0 * x / cap) + 1.0))
+    return x
+
+
+@triton.jit
+def _logaddexp(a, b):
+    hi = tl.maximum(a, b)
+    lo = tl.minimum(a, b)
+    safe = tl.where(hi == -float("inf"), 0.0, hi)
+    return tl.where(hi == -float("inf"), hi, safe + tl.log(1.0 + tl.exp(lo - safe)))
+
+
+@triton.jit
+def _terms(lp, lq, log_b, log_1b, beta, KIND: tl.constexpr):
+    """Per class: the loss term and ``g = dL/dq`` of the divergence ``KIND`` (the codes of
+    ``_distill``: 0 forward KL, 1 reverse KL, 2 JSD, 3 skew KL, 4 skew reverse KL, 5 TVD)."""
+    p = tl.exp(lp)
+    q = tl.exp(lq)
+    if KIND == 0:
+        term = p * tl.where(p > 0.0, lp - lq, 0.0)
+        g = q * 0.0
+    elif KIND == 1:
+        r = tl.where(q > 0.0, lq - lp, 0.0)
+        term = q * r
+        g = r
+    elif KIND == 2:
+        lm = _logaddexp(lp + log_b, lq + log_1b)
+        term = beta * p * tl.where(p > 0.0, lp - lm, 0.0)
+        term += (1.0 - beta) * q * tl.where(q > 0.0, lq - lm, 0.0)
+        g = (1.0 - beta) * tl.where(q > 0.0, lq - lm, 0.0)
+    elif KIND == 3:
+        lm = _logaddexp(lp + log_b, lq + log_1b)
+        term = p * tl.where(p > 0.0, lp - lm, 0.0)
+        g = -(1.0 - beta) * tl.where(p > 0.0, tl.exp(tl.where(p > 0.0, lp - lm, 0.0)), 0.0)
+    elif KIND == 4:
+        lm = _logaddexp(lq + log_b, lp + log_1b)
+        ratio = tl.where(q > 0.0, lq - lm, 0.0)
+        term = q * ratio
+        g = ratio + 1.0 - beta * tl.exp(ratio)
+    else:
+        d = q - p
+        term = 0.5 * tl.abs(d)
+        g = tl.where(d > 0.0, 0.5, tl.where(d < 0.0, -0.5, 0.0))
+    return term, g, p, q
+
+
+@triton.jit
+def divergence_kernel(
+    X,
+    stride_x,
+    TL,
+    stride_t,
+    Y,
+    DIV,
+    HARD,
+    SCALE,
+    C,
+    ignore_index,
+    cap,
+    teacher_cap,
+    inv_temp,
+    beta,
+    log_b,
+    log_1b,
+    hard_weight,
+    ACC: tl.constexpr,
+    KIND: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    TEACHER_CAP: tl.constexpr,
+    HAS_HARD: tl.constexpr,
+    GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The divergence mode: one row of the student's logits ``X`` and the teacher's
+    ``TL`` (module notes of ``_distill``).  Pass 1: the student's and teacher's
+    log-sum-exp at ``T`` (and the student's at 1 for the hard part); pass 2: the loss
+    and ``sum q g``; pass 3 (``GRAD``): ``SCALE * dL/dx`` written over ``X``."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_x
+    t_row = TL + row * stride_t
+    cols = tl.arange(0, BLOCK)
+    zero = tl.full([], 0.0, ACC)
+    mq = zero - float("inf")
+    mp = zero - float("inf")
+    m1 = zero - float("inf")
+    sq = zero
+    sp = zero
+    s1 = zero
+    for begin in range(0, C, BLOCK):
+        idx = begin + cols
+        mask = idx < C
+        zc = _capped(tl.load(x_row + idx, mask=mask, other=0.0).to(ACC), cap, HAS_CAP)
+        tc = _capped(tl.load(t_row + idx, mask=mask, other=0.0).to(ACC), teacher_cap, TEACHER_CAP)
+        zq = tl.where(mask, zc * inv_temp, -float("inf"))
+        zp = tl.where(mask, tc * inv_temp, -float("inf"))
+        z1 = tl.where(mask, zc, -float("inf"))
+        new_q = tl.maximum(mq, tl.reduce(zq, 0, _MAX))
+        new_p = tl.maximum(mp, tl.reduce(zp, 0, _MAX))
+        new_1 = tl.maximum(m1, tl.reduce(z1, 0, _MAX))
+        sq = sq * tl.exp(mq - new_q) + tl.reduce(tl.exp(zq - new_q), 0, _SUM)
+        sp = sp * tl.exp(mp - new_p) + tl.reduce(tl.exp(zp - new_p), 0, _SUM)
+        s1 = s1 * tl.exp(m1 - new_1) + tl.reduce(tl.exp(z1 - new_1), 0, _SUM)
+        mq = new_q
+        mp = new_p
+        m1 = new_1
+    lse_q = mq + tl.log(sq)
+    lse_p = mp + tl.log(sp)
+    lse_1 = m1 + tl.log(s1)
+    loss = zero
+    qg = zero
+    for begin in range(0, C, BLOCK):
+        idx = begin + cols
+        mask = idx < C
+        zc = _capped(tl.load(x_row + idx, mask=mask, other=0.0).to(ACC), cap, HAS_CAP)
+        tc = _capped(tl.load(t_row + idx, mask=mask, other=0.0).to(ACC), teacher_cap, TEACHER_CAP)
+        lq = tl.where(mask, zc * inv_temp - lse_q, -float("inf"))
+        lp = tl.where(mask, tc * inv_temp - lse_p, -float("inf"))
+        term, g, p, q = _terms(lp, lq, log_b, log_1b, beta, KIND)
+        loss += tl.reduce(tl.where(mask, term, 0.0), 0, _SUM)
+        qg += tl.reduce(tl.where(mask, q * g, 0.0), 0, _SUM)
+    tl.store(DIV + row, loss)
+    y_local = tl.full([], -1, tl.int64)
+    if HAS_HARD:
+        y = tl.load(Y + row).to(tl.int64)
+        counted = y != ignore_index
+        y_safe = tl.where(counted, y, 0)
+        z_y = _capped(tl.load(x_row + y_safe).to(ACC), cap, HAS_CAP)
+        tl.store(HARD + row, tl.where(counted, lse_1 - z_y, 0.0))
+        y_local = tl.where(counted, y, -1)
+    if GRAD:
+        s = tl.load(SCALE + row).to(ACC)
+        for begin in range(0, C, BLOCK):
+            idx = begin + cols
+            mask = idx < C
+            raw = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
+            if HAS_CAP:
+                r = 1.0 - 2.0 / (tl.exp(2.0 * raw / cap) + 1.0)
+                zc = cap * r
+            else:
+                zc = raw
+            tc = _capped(
+                tl.load(t_row + idx, mask=mask, other=0.0).to(ACC), teacher_cap, TEACHER_CAP
+            )
+            lq = tl.where(mask, zc * inv_temp - lse_q, -float("inf"))
+            lp = tl.where(mask, tc * inv_temp - lse_p, -float("inf"))
+            term, g, p, q = _terms(lp, lq, log_b, log_1b, beta, KIND)
+            if KIND == 0:  # noqa: SIM108 (constexpr branches read best as statements)
+                grad = q - p
+            else:
+                grad = q * (g - qg)
+            grad = grad * ((1.0 - hard_weight) * s * inv_temp)
+            if HAS_HARD:
+                soft1 = tl.exp(tl.where(mask, zc - lse_1, -float("inf")))
+                grad += hard_weight * s * (soft1 - tl.where(idx == y_local, 1.0, 0.0))
+            if HAS_CAP:
+                grad = grad * (1.0 - r * r)
+            tl.store(x_row + idx, grad.to(X.dtype.element_ty), mask=mask)
