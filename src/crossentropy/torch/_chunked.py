@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import _reduction
-from ._driver import Gradients, Product, chunk_rows, spans
+from ._driver import Gradients, Product, chunk_rows, forward_scales, fused_backward, spans
 from ._heads import Labels, Probabilities, chain_, combine, gradient_
 from ._options import Options, compute_dtype
 
@@ -104,47 +104,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         compute = compute_dtype(hidden.dtype)
         omega, counted = _reduction.omega_and_counted(target, class_weight, opts, compute)
         divs = _reduction.divisors(omega, counted, opts)
-        in_forward = any(needs) and opts.reduction != "none"
-        scales = _reduction.token_scales(counted, opts, divs) if in_forward else None
-        losses, lses, grads = _run(hidden, weight, bias, target, class_weight, opts, scales, needs)
-        out = _reduction.reduce(losses, _reduction.z_terms(lses, counted, opts), opts, divs)
-        ctx.opts, ctx.needs, ctx.grads = opts, needs, grads
+        scales = forward_scales(ctx, needs, counted, opts, divs)
+        losses, lses, ctx.grads = _run(
+            hidden, weight, bias, target, class_weight, opts, scales, needs
+        )
         if any(needs):
             ctx.save_for_backward(hidden, weight, bias, target, class_weight)
-            ctx.divs = divs
-        return out
+        return _reduction.reduce(losses, _reduction.z_terms(lses, counted, opts), opts, divs)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradients computed in forward have no graph of their
-            # own, so a second derivative would silently be zero.  Refuse instead.
-            raise RuntimeError(
-                "linear_cross_entropy does not support double backward (create_graph=True); "
-                "use crossentropy.torch.cross_entropy on the logits for higher derivatives"
-            )
-        opts = ctx.opts
-        if ctx.grads is not None:
-            # First backward of mean/sum: hand over the gradients computed in forward,
-            # scaled in place, and drop our reference so autograd adopts them uncopied.
-            grads, ctx.grads = ctx.grads, None
-            dh, dw, db = grads.finish(grad.reshape(()))
-            return dh, dw, db, None, None, None, None
-        # reduction='none', or a second backward (retain_graph): recompute, with the same
-        # per-token scales as the forward pass so that the result is bit for bit the same.
-        hidden, weight, bias, target, class_weight = ctx.saved_tensors
-        compute = compute_dtype(hidden.dtype)
-        _, counted = _reduction.omega_and_counted(target, class_weight, opts, compute)
-        upstream = None
-        if opts.reduction == "none":
-            scales = _reduction.token_scales(counted, opts, None, grad.reshape(-1))
-        else:
-            scales = _reduction.token_scales(counted, opts, ctx.divs)
-            upstream = grad.reshape(())
-        _, _, grads = _run(hidden, weight, bias, target, class_weight, opts, scales, ctx.needs)
-        assert grads is not None
-        dh, dw, db = grads.finish(upstream)
-        return dh, dw, db, None, None, None, None
+        def recompute(scales):
+            hidden, weight, bias, target, class_weight = ctx.saved_tensors
+            return _run(hidden, weight, bias, target, class_weight, ctx.opts, scales, ctx.needs)[2]
+
+        return (
+            *fused_backward(ctx, grad, "linear_cross_entropy", "cross_entropy", recompute),
+            *[None] * 4,
+        )
 
 
 @torch.compiler.disable

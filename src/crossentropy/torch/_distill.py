@@ -40,7 +40,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _reduction
-from ._driver import Gradients, Product, chunk_rows, spans
+from ._driver import Gradients, Product, chunk_rows, forward_scales, fused_backward, spans
 from ._heads import chain_, combine, transform_
 from ._options import Options, compute_dtype
 
@@ -257,7 +257,7 @@ def _run(hidden, weight, bias, teacher, target, opts, scales, needs):
     for a, b in spans(num_tokens, rows):
         z, tanh = product.logits(a, b)
         y = None if target is None else target[a:b]
-        s = None if scales is None else scales[a:b]
+        s = None if scales is None else scales[0][a:b]
         losses[a:b], g = _chunk(z, blocks(a, b, compute), y, opts, s)
         if grads is not None and g is not None:
             chain_(g, opts, tanh)
@@ -286,7 +286,7 @@ def _run_triton(hidden, weight, bias, teacher, target, opts, scales, needs, rows
     for a, b in spans(hidden.shape[0], rows):
         x = product.raw(a, b)
         y = None if target is None else target[a:b]
-        s = None if scales is None else scales[a:b].contiguous()
+        s = None if scales is None else scales[0][a:b].contiguous()
         losses[a:b] = divergence_step(x, teacher_block(a, b), teacher_cap, y, s, opts, kind)
         if grads is not None:
             grads.add(x, x, hidden[a:b], a, b)
@@ -300,42 +300,24 @@ class _LinearDistillation(torch.autograd.Function):
         compute = compute_dtype(hidden.dtype)
         counted = _counted(target, hidden.shape[0], opts, compute, hidden.device)
         divs = _reduction.divisors(counted, counted, opts)
-        in_forward = any(needs) and opts.reduction != "none"
-        scales = _reduction.token_scales(counted, opts, divs)[0] if in_forward else None
-        losses, grads = _run(hidden, weight, bias, teacher, target, opts, scales, needs)
-        losses = torch.where(counted != 0, losses, 0.0)
-        out = _reduction.reduce(losses, None, opts, divs)
-        ctx.opts, ctx.needs, ctx.kind, ctx.grads, ctx.divs = opts, needs, kind, grads, divs
+        scales = forward_scales(ctx, needs, counted, opts, divs)
+        losses, ctx.grads = _run(hidden, weight, bias, teacher, target, opts, scales, needs)
+        ctx.kind = kind
         if any(needs):
             ctx.save_for_backward(hidden, weight, bias, target, *teacher_tensors)
-        return out
+        return _reduction.reduce(torch.where(counted != 0, losses, 0.0), None, opts, divs)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "linear_distillation_loss does not support double backward "
-                "(create_graph=True); use distillation_loss on the logits"
-            )
-        opts = ctx.opts
-        if ctx.grads is not None:
-            grads, ctx.grads = ctx.grads, None
-            dh, dw, db = grads.finish(grad.reshape(()))
-            return dh, dw, db, None, None, None, None, None
-        hidden, weight, bias, target, *teacher_tensors = ctx.saved_tensors
-        teacher = _rebuild(ctx.kind, teacher_tensors)
-        compute = compute_dtype(hidden.dtype)
-        counted = _counted(target, hidden.shape[0], opts, compute, hidden.device)
-        upstream = None
-        if opts.reduction == "none":
-            scales = _reduction.token_scales(counted, opts, None, grad.reshape(-1))[0]
-        else:
-            scales = _reduction.token_scales(counted, opts, ctx.divs)[0]
-            upstream = grad.reshape(())
-        _, grads = _run(hidden, weight, bias, teacher, target, opts, scales, ctx.needs)
-        assert grads is not None
-        dh, dw, db = grads.finish(upstream)
-        return dh, dw, db, None, None, None, None, None
+        def recompute(scales):
+            hidden, weight, bias, target, *teacher_tensors = ctx.saved_tensors
+            teacher = _rebuild(ctx.kind, teacher_tensors)
+            return _run(hidden, weight, bias, teacher, target, ctx.opts, scales, ctx.needs)[1]
+
+        return (
+            *fused_backward(ctx, grad, "linear_distillation_loss", "distillation_loss", recompute),
+            *[None] * 5,
+        )
 
 
 def _counted(target, num_tokens, opts, dtype, device):

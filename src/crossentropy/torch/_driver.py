@@ -20,10 +20,11 @@ One ``chunk_size=None`` rule (:func:`default_chunk_size`) serves every implement
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from . import _reduction
 from ._heads import transform_
 from ._options import Options, compute_dtype
 
@@ -36,6 +37,8 @@ __all__ = [
     "Rows",
     "chunk_rows",
     "default_chunk_size",
+    "forward_scales",
+    "fused_backward",
     "spans",
 ]
 
@@ -313,3 +316,59 @@ class Gradients:
                 self.scale(db, upstream)
             db = db.to(self.bias.dtype)
         return dh, dw, db
+
+
+# ------------------------------------------------ the gradient-in-forward protocol
+
+Scales = tuple[torch.Tensor, torch.Tensor]
+
+
+def forward_scales(
+    ctx: Any,
+    needs: tuple[bool, bool, bool],
+    counted: torch.Tensor,
+    opts: Options,
+    divs: tuple[Any, Any] | None,
+) -> Scales | None:
+    """The per-token scales ``(s, sz)`` a single-process fused loss folds into the
+    gradients it computes in forward: for ``mean`` and ``sum`` when a gradient is needed
+    (the upstream gradient is then a scalar that ``backward`` applies in place); None
+    for ``none``, whose per-token upstream gradient only ``backward`` knows.  Keeps on
+    ``ctx`` what :func:`fused_backward` needs."""
+    ctx.opts, ctx.needs, ctx.counted, ctx.divs, ctx.grads = opts, needs, counted, divs, None
+    if any(needs) and opts.reduction != "none":
+        return _reduction.token_scales(counted, opts, divs)
+    return None
+
+
+def fused_backward(
+    ctx: Any,
+    grad: torch.Tensor,
+    name: str,
+    dense: str,
+    recompute: Callable[[Scales], Gradients],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``backward`` of a single-process fused loss: ``(dh, dW, db)``.
+
+    The first backward of ``mean``/``sum`` hands over the gradients computed in forward
+    (``ctx.grads``), scaled in place, and drops its reference so that autograd adopts
+    them uncopied.  ``reduction='none'``, or a second backward (``retain_graph``),
+    recomputes them (``recompute(scales)``) with the per-token scales of the forward
+    pass, so the result is bit for bit the same.  Double backward is refused: the
+    gradients formed in forward have no graph of their own, so a second derivative
+    would silently be zero.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{name} does not support double backward (create_graph=True); use "
+            f"crossentropy.torch.{dense} on the logits for higher derivatives"
+        )
+    if ctx.grads is not None:
+        grads, ctx.grads = ctx.grads, None
+        return grads.finish(grad.reshape(()))
+    opts = ctx.opts
+    if opts.reduction == "none":
+        scales = _reduction.token_scales(ctx.counted, opts, None, grad.reshape(-1))
+        return recompute(scales).finish(None)
+    scales = _reduction.token_scales(ctx.counted, opts, ctx.divs)
+    return recompute(scales).finish(grad.reshape(()))

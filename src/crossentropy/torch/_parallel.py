@@ -309,6 +309,32 @@ def prepare(
     return Prepared(opts, found.soft, flat)
 
 
+def unwrap_target(target: Any) -> tuple[Any, Any]:
+    """A target DTensor: class indices replicated, probabilities sharded like the logits;
+    narrow integer labels as int64."""
+    soft = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
+    target, group = unwrap(target, "target", "shard" if soft else "replicate", -1)
+    return _checks.as_labels(target), group
+
+
+def unwrap_linear(
+    group: Any, hidden: Any, weight_shard: Any, bias: Any, target: Any, **shards: Any
+) -> tuple[list[Any], Any]:
+    """The fused losses' arguments unwrapped (:func:`unwrap`): replicated hidden states,
+    weight rows, bias and the ``shards`` (class weights) sharded by vocabulary, and the
+    target; with the group (``group``, or the first DTensor's)."""
+    hidden, g1 = unwrap(hidden, "hidden", "replicate", 0)
+    weight_shard, g2 = unwrap(weight_shard, "weight_shard", "shard", 0)
+    bias, g3 = unwrap(bias, "bias", "shard", 0)
+    target, g4 = unwrap_target(target)
+    values, groups = [hidden, weight_shard, bias, target], [g1, g2, g3, g4]
+    for name, value in shards.items():
+        value, g = unwrap(value, name, "shard", 0)
+        values.append(value)
+        groups.append(g)
+    return values, group_of(groups, group)
+
+
 def group_of(groups: list[Any], group: Any) -> Any:
     """``group``, or the group of the first DTensor argument when none is given."""
     found = [g for g in groups if g is not None]

@@ -315,9 +315,7 @@ def vocab_parallel_cross_entropy(
     arguments = dict(locals())
     name = "vocab_parallel_cross_entropy"
     logits_shard, g1 = _parallel.unwrap(logits_shard, "logits_shard", "shard", -1)
-    soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
-    target, g2 = _parallel.unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
-    target = _checks.as_labels(target)
+    target, g2 = _parallel.unwrap_target(target)
     weight, g3 = _parallel.unwrap(weight, "weight", "shard", 0)
     group = _parallel.group_of([g1, g2, g3], group)
 
@@ -463,14 +461,9 @@ def vocab_parallel_linear_cross_entropy(
     """
     arguments = dict(locals())
     name = "vocab_parallel_linear_cross_entropy"
-    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
-    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
-    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
-    soft_dt = isinstance(target, torch.Tensor) and target.dtype.is_floating_point
-    target, g4 = _parallel.unwrap(target, "target", "shard" if soft_dt else "replicate", -1)
-    target = _checks.as_labels(target)
-    class_weight, g5 = _parallel.unwrap(class_weight, "class_weight", "shard", 0)
-    group = _parallel.group_of([g1, g2, g3, g4, g5], group)
+    (hidden, weight_shard, bias, target, class_weight), group = _parallel.unwrap_linear(
+        group, hidden, weight_shard, bias, target, class_weight=class_weight
+    )
 
     def local(opts: Options, reads: bool) -> _parallel.Local:
         size = _check_hidden_and_shard(hidden, weight_shard, bias)
@@ -547,12 +540,9 @@ def vocab_parallel_linear_token_stats(
     """
     arguments = dict(locals())
     name = "vocab_parallel_linear_token_stats"
-    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
-    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
-    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
-    target, g4 = _parallel.unwrap(target, "target", "replicate", 0)
-    target = _checks.as_labels(target)
-    group = _parallel.group_of([g1, g2, g3, g4], group)
+    (hidden, weight_shard, bias, target), group = _parallel.unwrap_linear(
+        group, hidden, weight_shard, bias, target
+    )
 
     def local(opts: Options, reads: bool) -> _parallel.Local:
         size = _check_hidden_and_shard(hidden, weight_shard, bias)
@@ -630,12 +620,9 @@ def vocab_parallel_linear_distillation_loss(
     """
     arguments = dict(locals())
     name = "vocab_parallel_linear_distillation_loss"
-    hidden, g1 = _parallel.unwrap(hidden, "hidden", "replicate", 0)
-    weight_shard, g2 = _parallel.unwrap(weight_shard, "weight_shard", "shard", 0)
-    bias, g3 = _parallel.unwrap(bias, "bias", "shard", 0)
-    target, g4 = _parallel.unwrap(target, "target", "replicate", 0)
-    target = _checks.as_labels(target)
-    group = _parallel.group_of([g1, g2, g3, g4], group)
+    (hidden, weight_shard, bias, target), group = _parallel.unwrap_linear(
+        group, hidden, weight_shard, bias, target
+    )
     flat_teacher: list[Any] = []
 
     def local(opts: Options, reads: bool) -> _parallel.Local:
