@@ -1,0 +1,407 @@
+"""Per-token statistics (issue 13): ``linear_token_stats`` vs materialised logits and verl.
+
+Usage::
+
+    python benchmarks/bench_token_stats.py --runs 3 --json /tmp/stats.json   # the issue's table
+    python benchmarks/bench_token_stats.py --shapes 2048,512,32768 --modes fwd
+    python benchmarks/bench_token_stats.py --render /tmp/stats.json more.jsonl
+
+Three implementations of the log-probability of the target and the entropy of
+``softmax(h W^T / T)`` per token, CPU float32, side by side in one run:
+
+* ``crossentropy``: ``crossentropy.torch.linear_token_stats(h, W, y, temperature=T)``
+  (all of its statistics; the loss uses ``log_prob`` and ``entropy``);
+* ``materialised``: ``z = (h @ W.T) / T``, ``logp = z.log_softmax(-1)``,
+  ``logp.gather(1, y)``, ``-(logp.exp() * logp).sum(-1)``, through autograd;
+* ``verl``: verl 0.9.1's ``FusedLinearForPPO(chunk_size=512, impl_backend="torch")``
+  (its defaults), from ``verl/utils/experimental/torch_functional.py`` loaded by file
+  path (``pip install --no-deps verl==0.9.1``; that module imports only torch, while the
+  ``verl`` package's own import needs a cluster stack).  Its forward and backward loop
+  over chunks of 512 tokens, recomputing each chunk's logits in backward.
+
+Two modes: ``fwd+bwd`` is the forward pass, then ``((g1 * log_prob).sum() +
+(g2 * entropy).sum()).backward()`` with fixed random ``g1, g2 ~ N(0, 1)`` (gradients for
+the hidden states and the weight); ``fwd`` is the forward pass alone under
+``torch.no_grad()``.
+
+Method (as ``bench_linear_cross_entropy.py``).  Every (shape, mode, implementation) runs
+in a fresh Python process, so neither allocator caches nor a previous peak leak between
+them.  In that process the inputs are made, then each run: the gradients are cleared, the
+peak resident set (``VmHWM``) is reset through ``/proc/self/clear_refs``, the resident
+set (``VmRSS``) is read as the baseline, the step runs, and ``VmHWM`` is read again.
+``growth`` is peak minus baseline: everything the step allocated, the returned gradient
+buffers included; ``extra`` is growth less those gradient buffers (``h.grad`` and
+``W.grad``; nothing in ``fwd`` mode), the memory the computation itself needs.  glibc is
+told to serve every allocation of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``),
+so freed tensors leave the resident set at once and the baseline is honest (this also
+makes every large allocation pay its page faults, for every implementation alike).  The
+time is the median and the memory the maximum over the runs; the first run, a warm-up,
+is dropped when there are more than two.  The FLOP rate counts ``8 N D V`` with
+gradients (the forward product, its recomputation in backward, ``dh`` and ``dW``) and
+``2 N D V`` forward only: the materialised computation needs only ``6 N D V`` with
+gradients, since it keeps its logits, so its rate over ``8 N D V`` is the rate a fused
+op would need to match its time.
+
+Each worker also reports checksums (sums of ``log_prob`` and ``entropy``, norms of the
+gradients); the table's footnote gives their largest relative difference between the
+implementations, which shows that all three compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = [(2048, 512, 32768), (4096, 1024, 128256)]
+IMPLS = ["crossentropy", "materialised", "verl"]
+MODES = ["fwd+bwd", "fwd"]
+TEMPERATURE = 0.7
+VERL_CHUNK = 512  # FusedLinearForPPO's default chunk_size
+MiB = 2**20
+
+#: Targets of issue 13 (time ratios are upper bounds).
+TIME_VS_MATERIALISED = 0.8
+TIME_VS_VERL = 0.85
+MEMORY_VS_MATERIALISED = 0.10  # at V = 128256
+FORWARD_VS_MATERIALISED = 0.6
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def load_verl():
+    """verl 0.9.1's ``verl/utils/experimental/torch_functional.py``, by file path."""
+    spec = importlib.util.find_spec("verl")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("verl is not installed: pip install --no-deps verl==0.9.1")
+    root = next(iter(spec.submodule_search_locations))
+    path = os.path.join(root, "utils", "experimental", "torch_functional.py")
+    module_spec = importlib.util.spec_from_file_location("_verl_torch_functional", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def make_step(impl: str, w, y, temperature: float, chunk: int):
+    """``step(h) -> (log_prob, entropy)`` of one implementation."""
+    if impl == "crossentropy":
+        from crossentropy.torch import linear_token_stats
+
+        def step(h):
+            s = linear_token_stats(h, w, y, temperature=temperature, chunk_size=chunk or None)
+            return s.log_prob, s.entropy
+    elif impl == "materialised":
+
+        def step(h):
+            z = (h @ w.T) / temperature
+            logp = z.log_softmax(-1)
+            log_prob = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            return log_prob, entropy
+    elif impl == "verl":
+        verl = load_verl()
+        if getattr(verl, "_FLASH_ATTN_CROSS_ENTROPY_AVAILABLE", False):
+            raise SystemExit("flash_attn is importable: verl would take its Triton path")
+        op = verl.FusedLinearForPPO(chunk_size=chunk or VERL_CHUNK, impl_backend="torch")
+
+        def step(h):
+            return op(h, w, y, temperature=temperature)
+    else:
+        raise SystemExit(f"unknown implementation {impl!r}")
+    return step
+
+
+def worker(
+    impl: str, mode: str, n: int, d: int, v: int, runs: int, chunk: int, temperature: float
+) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    grads = mode == "fwd+bwd"
+    h = (torch.randn(n, d, generator=gen) / d**0.5).requires_grad_(grads)
+    w = torch.randn(v, d, generator=gen).requires_grad_(grads)
+    y = torch.randint(0, v, (n,), generator=gen)
+    g1 = torch.randn(n, generator=gen)
+    g2 = torch.randn(n, generator=gen)
+    step = make_step(impl, w, y, temperature, chunk)
+
+    times, cpus, growths, extras = [], [], [], []
+    log_prob = entropy = None
+    for _ in range(runs):
+        h.grad = w.grad = None
+        log_prob = entropy = None
+        _reset_peak()
+        base = _status("VmRSS")
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        if grads:
+            log_prob, entropy = step(h)
+            ((g1 * log_prob).sum() + (g2 * entropy).sum()).backward()
+        else:
+            with torch.no_grad():
+                log_prob, entropy = step(h)
+        times.append(time.perf_counter() - start)
+        cpus.append(_cpu_seconds() - cpu)
+        peak = _status("VmHWM")
+        kept = sum(t.grad.numel() * t.grad.element_size() for t in (h, w) if t.grad is not None)
+        growths.append(peak - base)
+        extras.append(peak - base - kept)
+    first = 1 if runs > 2 else 0  # the warm-up run, dropped when there are enough
+    assert log_prob is not None and entropy is not None
+    check = {"log_prob_sum": float(log_prob.sum()), "entropy_sum": float(entropy.sum())}
+    if grads:
+        check["dh_norm"] = float(h.grad.norm())
+        check["dw_norm"] = float(w.grad.norm())
+    return {
+        "impl": impl,
+        "mode": mode,
+        "shape": [n, d, v],
+        "dtype": "float32",
+        "temperature": temperature,
+        "runs": runs,
+        "time_s": statistics.median(times[first:]),
+        "times_s": times,
+        "cpu_s": statistics.median(cpus[first:]),
+        "load_avg": os.getloadavg()[0],
+        "growth_bytes": max(growths[first:]),
+        "extra_bytes": max(extras[first:]),
+        "extra_bytes_all": extras,
+        "check": check,
+        "threads": torch.get_num_threads(),
+        "chunk_size": chunk,
+    }
+
+
+def run_isolated(
+    impl: str,
+    mode: str,
+    shape: tuple[int, int, int],
+    runs: int,
+    chunk: int = 0,
+    temperature: float = TEMPERATURE,
+) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--worker", impl, mode, *map(str, shape), str(runs)]
+    cmd += [str(chunk), repr(temperature)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _flops(r: dict) -> float:
+    n, d, v = r["shape"]
+    return (8 if r["mode"] == "fwd+bwd" else 2) * n * d * v
+
+
+def _ratio(a: float, b: dict | None, key: str, percent: bool = False) -> str:
+    if b is None or not b[key]:
+        return "-"
+    return f"{a / b[key]:.1%}" if percent else f"{a / b[key]:.2f}"
+
+
+def _rate(flops_per_s: float) -> str:
+    g = flops_per_s / 1e9
+    return f"{g:.0f}" if g >= 100 else f"{g:.1f}"
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| N, D, V | mode | impl | runs | time (s) | x materialised | x verl | CPU s "
+        "| CPU x materialised | CPU x verl | GFLOP/s | GFLOP/CPU-s | growth (MiB) "
+        "| extra (MiB) | extra / materialised | extra / verl | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in results}
+    for r in results:
+        key = (tuple(r["shape"]), r["mode"])
+        mat, verl = by.get((*key, "materialised")), by.get((*key, "verl"))
+        n, d, v = r["shape"]
+        t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
+        rows.append(
+            f"| {n}, {d}, {v} | {r['mode']} | {r['impl']} | {r['runs']} | {t:.2f} "
+            f"| {_ratio(t, mat, 'time_s')} | {_ratio(t, verl, 'time_s')} | {c:.2f} "
+            f"| {_ratio(c, mat, 'cpu_s')} | {_ratio(c, verl, 'cpu_s')} "
+            f"| {_rate(_flops(r) / t)} | {_rate(_flops(r) / c)} "
+            f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
+            f"| {_ratio(e, mat, 'extra_bytes', True)} | {_ratio(e, verl, 'extra_bytes', True)} "
+            f"| {r['load_avg']:.1f} |"
+        )
+    return "\n".join(rows) + "\n\n" + _agreement(results)
+
+
+def _agreement(results: list[dict]) -> str:
+    """The largest relative difference of each checksum from the materialised one."""
+    lines = []
+    by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in results}
+    for (shape, mode, impl), r in by.items():
+        mat = by.get((shape, mode, "materialised"))
+        if impl == "materialised" or mat is None:
+            continue
+        diffs = {
+            k: abs(r["check"][k] - mat["check"][k]) / max(abs(mat["check"][k]), 1e-30)
+            for k in r["check"]
+        }
+        worst = max(diffs, key=diffs.__getitem__)
+        lines.append(
+            f"{', '.join(map(str, shape))} {mode} {impl} vs materialised: "
+            f"largest relative checksum difference {diffs[worst]:.1e} ({worst})"
+        )
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "missed"
+
+
+def _time_cell(ours: dict | None, theirs: dict | None, bound: float) -> str:
+    """Wall-time ratio and verdict, then the CPU-time ratio (less sensitive to load)."""
+    if not ours or not theirs:
+        return "-"
+    wall, cpu = ours["time_s"] / theirs["time_s"], ours["cpu_s"] / theirs["cpu_s"]
+    return f"{wall:.2f} {_verdict(wall <= bound)} (CPU {cpu:.2f} {_verdict(cpu <= bound)})"
+
+
+def targets(results: list[dict]) -> str:
+    """Issue 13's targets, per shape: the measured figure and whether it is met (time:
+    the wall-clock ratio, and in brackets the ratio of CPU seconds)."""
+    by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in results}
+    rows = [
+        "| N, D, V | time x materialised (<= 0.8) | time x verl (<= 0.85) "
+        "| extra x materialised (<= 10% at V = 128256) | extra vs verl (<=) "
+        "| forward x materialised (<= 0.6) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for shape in dict.fromkeys(tuple(r["shape"]) for r in results):
+        ce = by.get((shape, "fwd+bwd", "crossentropy"))
+        mat = by.get((shape, "fwd+bwd", "materialised"))
+        verl = by.get((shape, "fwd+bwd", "verl"))
+        cells = []
+        cells.append(_time_cell(ce, mat, TIME_VS_MATERIALISED))
+        cells.append(_time_cell(ce, verl, TIME_VS_VERL))
+        if ce and mat:
+            x = ce["extra_bytes"] / mat["extra_bytes"]
+            binding = shape[2] == 128256
+            note = _verdict(x <= MEMORY_VS_MATERIALISED) if binding else "(no target)"
+            cells.append(f"{x:.1%} {note}")
+        else:
+            cells.append("-")
+        if ce and verl:
+            a, b = ce["extra_bytes"] / MiB, verl["extra_bytes"] / MiB
+            cells.append(f"{a:.0f} vs {b:.0f} MiB {_verdict(a <= b)}")
+        else:
+            cells.append("-")
+        ce_f = by.get((shape, "fwd", "crossentropy"))
+        mat_f = by.get((shape, "fwd", "materialised"))
+        cells.append(_time_cell(ce_f, mat_f, FORWARD_VS_MATERIALISED))
+        rows.append(f"| {', '.join(map(str, shape))} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES])
+    parser.add_argument("--impls", nargs="*", default=IMPLS)
+    parser.add_argument("--modes", nargs="*", default=MODES)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="runs per case (default: 5, or 2 when 8NDV exceeds 1 TFLOP)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=0,
+        help="chunk size of crossentropy and verl (default: crossentropy's auto, verl's 512)",
+    )
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE)
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    results = []
+    for text in args.shapes:
+        shape = tuple(int(s) for s in text.split(","))
+        n, d, v = shape
+        runs = args.runs or (2 if 8 * n * d * v > 1e12 else 5)
+        for mode in args.modes:
+            for impl in args.impls:
+                result = run_isolated(impl, mode, shape, runs, args.chunk_size, args.temperature)
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+    print(table(results))
+    print()
+    print(targets(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def merge(results: list[dict]) -> list[dict]:
+    """One row per (shape, mode, implementation): medians over the processes that ran it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((tuple(r["shape"]), r["mode"], r["impl"]), []).append(r)
+    merged = []
+    for rows in groups.values():
+        row = dict(rows[0])
+        row["runs"] = sum(r["runs"] for r in rows)
+        row["processes"] = len(rows)
+        row["time_s"] = statistics.median(r["time_s"] for r in rows)
+        row["cpu_s"] = statistics.median(r["cpu_s"] for r in rows)
+        row["growth_bytes"] = max(r["growth_bytes"] for r in rows)
+        row["extra_bytes"] = max(r["extra_bytes"] for r in rows)
+        row["load_avg"] = statistics.mean(r["load_avg"] for r in rows)
+        merged.append(row)
+    return merged
+
+
+def render(paths: list[str]) -> None:
+    """Print the tables of results saved by ``--json`` or logged on stderr (JSON lines)."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read().strip()
+        if text.startswith("["):
+            results.extend(json.loads(text))
+        else:
+            results.extend(json.loads(line) for line in text.splitlines() if line)
+    merged = merge(results)
+    print(table(merged))
+    print()
+    print(targets(merged))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        render(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, mode, n, d, v, runs, chunk, temperature = sys.argv[2:10]
+        print(
+            json.dumps(
+                worker(
+                    impl, mode, int(n), int(d), int(v), int(runs), int(chunk), float(temperature)
+                )
+            )
+        )
+    else:
+        main()
