@@ -303,12 +303,6 @@ def test_top_k_teacher_against_reference(k, temperature):
             assert_same(distillation_loss(z, top, **kw), reference(z, top, **kw), [z], reduction)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: with k = V the tail is empty, but p_tail = 1 - sum p_k and "
-    "q_tail = 1 - sum q_k are rounding noise; where p_tail > 0 and q_tail <= 0 (clamped "
-    "to 0) the tail term p_tail log(p_tail / 0) makes the loss +inf",
-)
 def test_top_k_with_every_class_is_the_forward_kl():
     """k = V: no tail, the coarsened KL is the full forward KL (at T = 1)."""
     z, t, _ = make_dense((64,), 9, seed=5)  # 64 rows: some hit p_tail > 0 >= q_tail
@@ -318,13 +312,6 @@ def test_top_k_with_every_class_is_the_forward_kl():
     torch.testing.assert_close(ours, reference(z, t, reduction="none"), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: q_tail = 1 - sum_k q_k cancels when the student's tail mass is "
-    "below the dtype's rounding of 1 (here e^-52): the tail term and the tail gradient "
-    "q_c (1 - p_tail / q_tail) come out wrong (0.115 instead of 0.179 in float64, "
-    "tail gradient -2.6e-10 instead of -6.7e-3); logsumexp over the other classes is exact",
-)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_top_k_tiny_student_tail(dtype):
     t = torch.tensor([[2.0, 1.0, 0.5, 0.0, -3.0]], dtype=F64)

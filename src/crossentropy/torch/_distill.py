@@ -157,19 +157,30 @@ def divergence_and_grad(
 def top_k_kl_and_grad(
     lq: torch.Tensor, indices: torch.Tensor, lpk: torch.Tensor, grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The coarsened forward KL of a :class:`TopK` teacher (module notes)."""
-    q = lq.exp()
+    """The coarsened forward KL of a :class:`TopK` teacher (module notes).
+
+    The student's tail is ``logsumexp`` of its log-probabilities outside the ``k``
+    classes, not ``1 - sum_k q`` (which cancels catastrophically when the tail is small,
+    and is rounding noise when ``k = V``: then there is no tail at all).
+    """
+    vocab, k = lq.shape[1], indices.shape[1]
     lqk = lq.gather(1, indices)
     pk = lpk.exp()
-    p_tail = (1.0 - pk.sum(-1)).clamp(min=0.0)
-    q_tail = (1.0 - lqk.exp().sum(-1)).clamp(min=0.0)
     loss = _plogr(pk, lpk, lqk)
-    tail = torch.where(p_tail > 0, p_tail * (p_tail.log() - q_tail.log()), 0.0)
-    loss = loss + tail
+    outside = lq.scatter(1, indices, -torch.inf)
+    if k < vocab:
+        p_tail = (1.0 - pk.sum(-1)).clamp(min=0.0)
+        lq_tail = torch.logsumexp(outside, -1)
+        loss = loss + torch.where(p_tail > 0, p_tail * (p_tail.log() - lq_tail), 0.0)
     if not grad:
         return loss, None
-    ratio = torch.where(p_tail > 0, p_tail / q_tail, 0.0)
-    g = q * (1.0 - ratio).unsqueeze(1)
+    if k < vocab:
+        # q_c (1 - p_tail / q_tail) outside the k classes, without dividing by q_tail.
+        finite = torch.isfinite(lq_tail).unsqueeze(1)
+        share = torch.where(finite, (outside - lq_tail.unsqueeze(1)).exp(), 0.0)
+        g = lq.exp() - p_tail.unsqueeze(1) * share
+    else:
+        g = lq.exp()
     g.scatter_(1, indices, lqk.exp() - pk)
     return loss, g
 
