@@ -24,23 +24,15 @@ Two modes: ``fwd+bwd`` is the forward pass, then ``((g1 * log_prob).sum() +
 the hidden states and the weight); ``fwd`` is the forward pass alone under
 ``torch.no_grad()``.
 
-Method (as ``bench_linear_cross_entropy.py``).  Every (shape, mode, implementation) runs
-in a fresh Python process, so neither allocator caches nor a previous peak leak between
-them.  In that process the inputs are made, then each run: the gradients are cleared, the
-peak resident set (``VmHWM``) is reset through ``/proc/self/clear_refs``, the resident
-set (``VmRSS``) is read as the baseline, the step runs, and ``VmHWM`` is read again.
-``growth`` is peak minus baseline: everything the step allocated, the returned gradient
-buffers included; ``extra`` is growth less those gradient buffers (``h.grad`` and
-``W.grad``; nothing in ``fwd`` mode), the memory the computation itself needs.  glibc is
-told to serve every allocation of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``),
-so freed tensors leave the resident set at once and the baseline is honest (this also
-makes every large allocation pay its page faults, for every implementation alike).  The
-time is the median and the memory the maximum over the runs; the first run, a warm-up,
-is dropped when there are more than two.  The FLOP rate counts ``8 N D V`` with
-gradients (the forward product, its recomputation in backward, ``dh`` and ``dW``) and
-``2 N D V`` forward only: the materialised computation needs only ``6 N D V`` with
-gradients, since it keeps its logits, so its rate over ``8 N D V`` is the rate a fused
-op would need to match its time.
+Method: ``_harness.py`` (a fresh process per (shape, mode, implementation), ``VmHWM``
+reset through ``/proc/self/clear_refs`` and read around each run, ``MALLOC_MMAP_THRESHOLD_``
+and ``MALLOC_TRIM_THRESHOLD_`` set; the median time and the maximum memory, the first run
+dropped as a warm-up when there are more than two).  ``extra`` is growth less the
+gradient buffers ``h.grad`` and ``W.grad`` (nothing in ``fwd`` mode).  The FLOP rate
+counts ``8 N D V`` with gradients (the forward product, its recomputation in backward,
+``dh`` and ``dW``) and ``2 N D V`` forward only: the materialised computation needs only
+``6 N D V`` with gradients, since it keeps its logits, so its rate over ``8 N D V`` is
+the rate a fused op would need to match its time.
 
 Each worker also reports checksums (sums of ``log_prob`` and ``entropy``, norms of the
 gradients); the table's footnote gives their largest relative difference between the
@@ -53,42 +45,33 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+from _harness import (
+    PERCENT,
+    MiB,
+    load_results,
+    log_result,
+    measure,
+    merge,
+    parse_shape,
+    ratio,
+    run_worker,
+    table_head,
+    write_json,
+)
 
 SHAPES = [(2048, 512, 32768), (4096, 1024, 128256)]
 IMPLS = ["crossentropy", "materialised", "verl"]
 MODES = ["fwd+bwd", "fwd"]
 TEMPERATURE = 0.7
 VERL_CHUNK = 512  # FusedLinearForPPO's default chunk_size
-MiB = 2**20
 
 #: Targets of issue 13 (time ratios are upper bounds).
 TIME_VS_MATERIALISED = 0.8
 TIME_VS_VERL = 0.85
 MEMORY_VS_MATERIALISED = 0.10  # at V = 128256
 FORWARD_VS_MATERIALISED = 0.6
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def load_verl():
@@ -148,28 +131,16 @@ def worker(
     g2 = torch.randn(n, generator=gen)
     step = make_step(impl, w, y, temperature, chunk)
 
-    times, cpus, growths, extras = [], [], [], []
-    log_prob = entropy = None
-    for _ in range(runs):
-        h.grad = w.grad = None
-        log_prob = entropy = None
-        _reset_peak()
-        base = _status("VmRSS")
-        start, cpu = time.perf_counter(), _cpu_seconds()
+    def run():
         if grads:
             log_prob, entropy = step(h)
             ((g1 * log_prob).sum() + (g2 * entropy).sum()).backward()
         else:
             with torch.no_grad():
                 log_prob, entropy = step(h)
-        times.append(time.perf_counter() - start)
-        cpus.append(_cpu_seconds() - cpu)
-        peak = _status("VmHWM")
-        kept = sum(t.grad.numel() * t.grad.element_size() for t in (h, w) if t.grad is not None)
-        growths.append(peak - base)
-        extras.append(peak - base - kept)
-    first = 1 if runs > 2 else 0  # the warm-up run, dropped when there are enough
-    assert log_prob is not None and entropy is not None
+        return log_prob, entropy
+
+    (log_prob, entropy), summary = measure(run, (h, w), runs)
     check = {"log_prob_sum": float(log_prob.sum()), "entropy_sum": float(entropy.sum())}
     if grads:
         check["dh_norm"] = float(h.grad.norm())
@@ -181,13 +152,7 @@ def worker(
         "dtype": "float32",
         "temperature": temperature,
         "runs": runs,
-        "time_s": statistics.median(times[first:]),
-        "times_s": times,
-        "cpu_s": statistics.median(cpus[first:]),
-        "load_avg": os.getloadavg()[0],
-        "growth_bytes": max(growths[first:]),
-        "extra_bytes": max(extras[first:]),
-        "extra_bytes_all": extras,
+        **summary,
         "check": check,
         "threads": torch.get_num_threads(),
         "chunk_size": chunk,
@@ -202,22 +167,13 @@ def run_isolated(
     chunk: int = 0,
     temperature: float = TEMPERATURE,
 ) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--worker", impl, mode, *map(str, shape), str(runs)]
-    cmd += [str(chunk), repr(temperature)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--worker", impl, mode, *shape, runs, chunk, repr(temperature)]
+    return run_worker(__file__, args)
 
 
 def _flops(r: dict) -> float:
     n, d, v = r["shape"]
     return (8 if r["mode"] == "fwd+bwd" else 2) * n * d * v
-
-
-def _ratio(a: float, b: dict | None, key: str, percent: bool = False) -> str:
-    if b is None or not b[key]:
-        return "-"
-    return f"{a / b[key]:.1%}" if percent else f"{a / b[key]:.2f}"
 
 
 def _rate(flops_per_s: float) -> str:
@@ -226,12 +182,11 @@ def _rate(flops_per_s: float) -> str:
 
 
 def table(results: list[dict]) -> str:
-    rows = [
-        "| N, D, V | mode | impl | runs | time (s) | x materialised | x verl | CPU s "
+    rows = table_head(
+        "N, D, V | mode | impl | runs | time (s) | x materialised | x verl | CPU s "
         "| CPU x materialised | CPU x verl | GFLOP/s | GFLOP/CPU-s | growth (MiB) "
-        "| extra (MiB) | extra / materialised | extra / verl | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| extra (MiB) | extra / materialised | extra / verl | load"
+    )
     by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in results}
     for r in results:
         key = (tuple(r["shape"]), r["mode"])
@@ -240,11 +195,11 @@ def table(results: list[dict]) -> str:
         t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
         rows.append(
             f"| {n}, {d}, {v} | {r['mode']} | {r['impl']} | {r['runs']} | {t:.2f} "
-            f"| {_ratio(t, mat, 'time_s')} | {_ratio(t, verl, 'time_s')} | {c:.2f} "
-            f"| {_ratio(c, mat, 'cpu_s')} | {_ratio(c, verl, 'cpu_s')} "
+            f"| {ratio(t, mat, 'time_s')} | {ratio(t, verl, 'time_s')} | {c:.2f} "
+            f"| {ratio(c, mat, 'cpu_s')} | {ratio(c, verl, 'cpu_s')} "
             f"| {_rate(_flops(r) / t)} | {_rate(_flops(r) / c)} "
             f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
-            f"| {_ratio(e, mat, 'extra_bytes', True)} | {_ratio(e, verl, 'extra_bytes', True)} "
+            f"| {ratio(e, mat, 'extra_bytes', PERCENT)} | {ratio(e, verl, 'extra_bytes', PERCENT)} "
             f"| {r['load_avg']:.1f} |"
         )
     return "\n".join(rows) + "\n\n" + _agreement(results)
@@ -340,52 +295,23 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for text in args.shapes:
-        shape = tuple(int(s) for s in text.split(","))
+        shape = parse_shape(text)
         n, d, v = shape
         runs = args.runs or (2 if 8 * n * d * v > 1e12 else 5)
         for mode in args.modes:
             for impl in args.impls:
                 result = run_isolated(impl, mode, shape, runs, args.chunk_size, args.temperature)
                 results.append(result)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+                log_result(result)
     print(table(results))
     print()
     print(targets(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-
-
-def merge(results: list[dict]) -> list[dict]:
-    """One row per (shape, mode, implementation): medians over the processes that ran it."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        groups.setdefault((tuple(r["shape"]), r["mode"], r["impl"]), []).append(r)
-    merged = []
-    for rows in groups.values():
-        row = dict(rows[0])
-        row["runs"] = sum(r["runs"] for r in rows)
-        row["processes"] = len(rows)
-        row["time_s"] = statistics.median(r["time_s"] for r in rows)
-        row["cpu_s"] = statistics.median(r["cpu_s"] for r in rows)
-        row["growth_bytes"] = max(r["growth_bytes"] for r in rows)
-        row["extra_bytes"] = max(r["extra_bytes"] for r in rows)
-        row["load_avg"] = statistics.mean(r["load_avg"] for r in rows)
-        merged.append(row)
-    return merged
+    write_json(args.json, results)
 
 
 def render(paths: list[str]) -> None:
     """Print the tables of results saved by ``--json`` or logged on stderr (JSON lines)."""
-    results = []
-    for path in paths:
-        with open(path) as f:
-            text = f.read().strip()
-        if text.startswith("["):
-            results.extend(json.loads(text))
-        else:
-            results.extend(json.loads(line) for line in text.splitlines() if line)
-    merged = merge(results)
+    merged = merge(load_results(paths), ("mode", "impl"))
     print(table(merged))
     print()
     print(targets(merged))
