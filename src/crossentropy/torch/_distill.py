@@ -33,7 +33,6 @@ the hard part at temperature 1 against the class index ``y``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -81,51 +80,65 @@ def _canonical(opts: Options) -> str:
     return opts.divergence
 
 
-def _mixture(la: torch.Tensor, lb: torch.Tensor, weight: float) -> torch.Tensor:
-    """``log(weight e^la + (1 - weight) e^lb)``."""
-    return torch.logaddexp(la + math.log(weight), lb + math.log1p(-weight))
+def _mixture(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """``log(weight a + (1 - weight) b)`` of two probability blocks."""
+    return torch.add(a * weight, b, alpha=1.0 - weight).log_()
 
 
-def _plogr(pr: torch.Tensor, lp: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-    """Row sums of ``p log(p / r)`` with ``0 log 0 = 0`` (``pr = p``, logs ``lp``, ``lr``)."""
-    return torch.where(pr > 0, pr * (lp - lr), 0.0).sum(-1)
+def _rowdot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``sum_c u_c v_c`` as one batched product: no (n, V) temporary."""
+    return torch.bmm(u.unsqueeze(1), v.unsqueeze(2)).reshape(u.shape[0])
+
+
+def _plogr(
+    pr: torch.Tensor, lp: torch.Tensor, lr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sums of ``p log(p / r)`` with ``0 log 0 = 0`` (``pr = p``, logs ``lp``, ``lr``),
+    and the block ``log(p / r)`` with 0 where ``p = 0``."""
+    d = (lp - lr).masked_fill_(pr == 0, 0.0)
+    return _rowdot(pr, d), d
 
 
 def divergence_terms(
     lp: torch.Tensor, lq: torch.Tensor, opts: Options, grad: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The divergence's sums over the classes of the blocks ``lp`` (teacher) and ``lq``
-    (student) of log-probabilities (n, V_r): ``(loss, g, q, p)`` with ``g = dL/dq``
+    (student) of log-probabilities (n, V_r): ``(loss, g, q, p, qg)`` with ``g = dL/dq``
     (module notes; None for ``forward_kl``, whose gradient is ``q - p``), ``q`` and ``p``
-    the probabilities.  The losses add across vocabulary slices."""
+    the probabilities and ``qg = sum_c q_c g_c``.  Losses and ``qg`` add across slices."""
     p, q = lp.exp(), lq.exp()
     kind, b = _canonical(opts), opts.beta
     g: torch.Tensor | None = None
+    qg: torch.Tensor | None = None
     if kind == "forward_kl":
-        loss = _plogr(p, lp, lq)
+        loss = _plogr(p, lp, lq)[0]
     elif kind == "reverse_kl":
-        r = torch.where(q > 0, lq - lp, 0.0)
-        loss = (q * r).sum(-1)
-        g = r
+        loss, g = _plogr(q, lq, lp)  # g = log(q / p) (+ 1, which the softmax step cancels)
+        qg = loss
     elif kind == "jsd":
-        lm = _mixture(lp, lq, b)
-        loss = b * _plogr(p, lp, lm) + (1.0 - b) * _plogr(q, lq, lm)
-        g = (1.0 - b) * torch.where(q > 0, lq - lm, 0.0) if grad else None
+        lm = _mixture(p, q, b)
+        kl_p = _plogr(p, lp, lm)[0]
+        kl_q, log_ratio = _plogr(q, lq, lm)
+        loss = b * kl_p + (1.0 - b) * kl_q
+        g = log_ratio.mul_(1.0 - b)  # (1 - b) log(q / m), and sum q g = (1 - b) D(q || m)
+        qg = (1.0 - b) * kl_q
     elif kind == "skew_kl":
-        lm = _mixture(lp, lq, b)
-        loss = _plogr(p, lp, lm)
-        g = -(1.0 - b) * torch.where(p > 0, (lp - lm).exp(), 0.0) if grad else None
+        lm = _mixture(p, q, b)
+        loss, log_ratio = _plogr(p, lp, lm)
+        if grad:  # -(1 - b) p / m, 0 where p = 0
+            g = log_ratio.exp_().mul_(p > 0).mul_(-(1.0 - b))
     elif kind == "skew_reverse_kl":
-        lm = _mixture(lq, lp, b)
-        loss = _plogr(q, lq, lm)
+        lm = _mixture(q, p, b)
+        loss, ratio = _plogr(q, lq, lm)
         if grad:
-            ratio = torch.where(q > 0, lq - lm, 0.0)
             g = ratio + 1.0 - b * ratio.exp()
     else:  # tvd
         diff = q - p
         loss = 0.5 * diff.abs().sum(-1)
-        g = 0.5 * diff.sign() if grad else None
-    return loss, g, q, p
+        g = diff.sign_().mul_(0.5) if grad else None
+    if g is not None and qg is None:
+        qg = _rowdot(q, g)
+    return loss, g, q, p, qg
 
 
 def softmax_step(
@@ -139,19 +152,14 @@ def softmax_step(
     return q * (g - qg.unsqueeze(1))
 
 
-def qg_sum(q: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
-    """``sum_c q_c g_c`` over the block's classes (None for the forward KL)."""
-    return None if g is None else (q * g).sum(-1)
-
-
 def divergence_and_grad(
     lp: torch.Tensor, lq: torch.Tensor, opts: Options, grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token divergence of whole rows of log-probabilities ``lp`` (teacher) and
     ``lq`` (student), (n, V), and with ``grad`` its gradient with respect to the
     student's transformed logits."""
-    loss, g, q, p = divergence_terms(lp, lq, opts, grad)
-    return loss, softmax_step(q, p, g, qg_sum(q, g)) if grad else None
+    loss, g, q, p, qg = divergence_terms(lp, lq, opts, grad)
+    return loss, softmax_step(q, p, g, qg) if grad else None
 
 
 def top_k_kl_and_grad(
@@ -166,7 +174,7 @@ def top_k_kl_and_grad(
     vocab, k = lq.shape[1], indices.shape[1]
     lqk = lq.gather(1, indices)
     pk = lpk.exp()
-    loss = _plogr(pk, lpk, lqk)
+    loss = _plogr(pk, lpk, lqk)[0]
     outside = lq.scatter(1, indices, -torch.inf)
     if k < vocab:
         p_tail = (1.0 - pk.sum(-1)).clamp(min=0.0)
@@ -489,9 +497,9 @@ class _ParallelDistillation(torch.autograd.Function):
         for a, b in spans(num_tokens, rows):
             zs, zt, _ = sliced.blocks(a, b)
             lq, lp = zs - lse[0, a:b, None], zt - lse[1, a:b, None]
-            loss, g, q, _ = divergence_terms(lp, lq, opts)
+            loss, _, _, _, qg = divergence_terms(lp, lq, opts)
             parts.append(loss)
-            qgs.append(torch.zeros_like(loss) if g is None else (q * g).sum(-1))
+            qgs.append(torch.zeros_like(loss) if qg is None else qg)
         empty = lse.new_zeros(0)
         packed = torch.stack(
             [torch.cat(parts) if parts else empty, torch.cat(qgs) if qgs else empty]
@@ -522,7 +530,7 @@ class _ParallelDistillation(torch.autograd.Function):
         for a, b in spans(hidden.shape[0], rows):
             zs, zt, tanh = sliced.blocks(a, b)
             lq, lp = zs - lse[0, a:b, None], zt - lse[1, a:b, None]
-            _, g, q, p = divergence_terms(lp, lq, opts)
+            _, g, q, p, _ = divergence_terms(lp, lq, opts)
             big_g = softmax_step(q, p, g, qg[a:b]).mul_((s[a:b] * (1.0 - lam)).unsqueeze(1))
             if hard:  # at T = 1: times T here, as the chain rule divides by T
                 soft1 = (zs * temp - lse[2, a:b, None]).exp_()
