@@ -29,20 +29,17 @@ teacher's hidden size D_t.  Four implementations of the same loss, forward + bac
 
 The four losses agree to float32 rounding (the ``loss`` field of each result).
 
-Method (as ``bench_linear_cross_entropy.py``).  Every (shape, implementation) runs in a
-fresh Python process, so neither allocator caches nor a previous peak leak between them.
-In that process the inputs (the student's and the teacher's hidden states and weights)
-are made, then ``--warmup`` untimed calls run (at least one for Liger, whose first call
-compiles; ``--warmup 0`` is honoured for the others), then each of ``--runs`` timed
-runs: the gradients are cleared, the kernel's peak resident set (``VmHWM``) is reset
-through ``/proc/self/clear_refs``, the resident set (``VmRSS``) is read as the baseline,
-the loss runs forward and backward, and ``VmHWM`` is read again.  ``growth`` is peak
-minus baseline; ``extra`` is growth less the returned gradient buffers (``h.grad`` and
-``W.grad``): the memory the loss itself needs, the teacher's logits included.  glibc
-serves every allocation of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so
-freed tensors leave the resident set at once.  The time (wall and CPU seconds) is the
-median and the memory the maximum over the timed runs.  The FLOP rate counts
-``6 N D V + 2 N D_t V``: the student's three products and the teacher's one, the minimum.
+Method: ``_harness.py``.  Every (shape, implementation) runs in a fresh Python process.
+There the inputs (the student's and the teacher's hidden states and weights) are made,
+then ``--warmup`` untimed calls run (at least one for Liger, whose first call compiles;
+``--warmup 0`` is honoured for the others), then ``--runs`` timed runs of the loss forward
+and backward, each with ``VmHWM`` reset through ``/proc/self/clear_refs`` and read after
+it.  ``growth`` is peak minus the starting ``VmRSS``; ``extra`` is growth less the
+returned gradient buffers (``h.grad`` and ``W.grad``): the memory the loss itself needs,
+the teacher's logits included.  The time (wall and CPU seconds) is the median and the
+memory the maximum over all the timed runs (none is dropped: the warm-up is separate).
+The FLOP rate counts ``6 N D V + 2 N D_t V``: the student's three products and the
+teacher's one, the minimum.
 
 ``--profile IMPL`` instead runs IMPL once (after a warm-up) under ``torch.profiler`` and
 prints the operators by self CPU time, with their memory.
@@ -56,46 +53,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
+
+from _harness import (
+    PERCENT,
+    MiB,
+    load_results,
+    log_result,
+    measure,
+    mem_available,
+    parse_shape,
+    ratio,
+    run_worker,
+    table_head,
+    write_json,
+)
 
 SHAPES = [(2048, 512, 32768, 1024), (4096, 1024, 128256, 2048)]
 IMPLS = ["crossentropy", "unfused", "liger", "liger-eager"]
 BETA = 0.5
 TEMPERATURE = 1.0
-MiB = 2**20
 #: (N, V) float32 blocks the unfused loss holds at its peak (measured: 13.2 at V = 32768).
 UNFUSED_BLOCKS = 14
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
-def _mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("MemAvailable")
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _flops(n: int, d: int, v: int, dt: int) -> int:
@@ -168,22 +148,13 @@ def worker(impl: str, n: int, d: int, v: int, dt: int, dtype_name: str, runs: in
         start = time.perf_counter()
         step().backward()
         warm_times.append(time.perf_counter() - start)
-    times, cpus, growths, extras = [], [], [], []
-    loss = None
-    for _ in range(runs):
-        h.grad = w.grad = None
-        loss = None
-        _reset_peak()
-        base = _status("VmRSS")
-        start, cpu = time.perf_counter(), _cpu_seconds()
+
+    def run():
         loss = step()
         loss.backward()
-        times.append(time.perf_counter() - start)
-        cpus.append(_cpu_seconds() - cpu)
-        peak = _status("VmHWM")
-        grads = sum(t.grad.numel() * t.grad.element_size() for t in (h, w))
-        growths.append(peak - base)
-        extras.append(peak - base - grads)
+        return loss
+
+    loss, summary = measure(run, (h, w), runs, drop_warmup=False)
     return {
         "impl": impl,
         "shape": [n, d, v, dt],
@@ -191,13 +162,7 @@ def worker(impl: str, n: int, d: int, v: int, dt: int, dtype_name: str, runs: in
         "runs": runs,
         "warmup": warmup,
         "warmup_s": warm_times,
-        "time_s": statistics.median(times),
-        "times_s": times,
-        "cpu_s": statistics.median(cpus),
-        "load_avg": os.getloadavg()[0],
-        "growth_bytes": max(growths),
-        "extra_bytes": max(extras),
-        "extra_bytes_all": extras,
+        **summary,
         "loss": float(loss),
         "threads": torch.get_num_threads(),
     }
@@ -222,20 +187,15 @@ def profile(impl: str, n: int, d: int, v: int, dt: int, dtype_name: str, rows: i
 def run_isolated(
     impl: str, shape: tuple[int, int, int, int], dtype: str, runs: int, warmup: int
 ) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--worker", impl, *map(str, shape), dtype]
-    cmd += [str(runs), str(warmup)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", impl, *shape, dtype, runs, warmup])
 
 
 def table(results: list[dict]) -> str:
-    rows = [
-        "| N, D, V, D_t | impl | runs | time (s) | x unfused | x liger "
+    rows = table_head(
+        "N, D, V, D_t | impl | runs | time (s) | x unfused | x liger "
         "| CPU s | CPU x unfused | CPU x liger | GFLOP/s | GFLOP/CPU-s "
-        "| growth (MiB) | extra (MiB) | extra / unfused | extra / liger | loss | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| growth (MiB) | extra (MiB) | extra / unfused | extra / liger | loss | load"
+    )
     by = {(tuple(r["shape"]), r["impl"]): r for r in results if "skipped" not in r}
     for r in results:
         n, d, v, dt = r["shape"]
@@ -244,18 +204,15 @@ def table(results: list[dict]) -> str:
             continue
         key = tuple(r["shape"])
         unf, lig = by.get((key, "unfused")), by.get((key, "liger"))
-
-        def ratio(field: str, base: dict | None, fmt: str = "{:.2f}", r: dict = r) -> str:
-            return fmt.format(r[field] / base[field]) if base else "-"
-
+        t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
         flops = _flops(n, d, v, dt)
         rows.append(
-            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} | {r['time_s']:.2f} "
-            f"| {ratio('time_s', unf)} | {ratio('time_s', lig)} | {r['cpu_s']:.2f} "
-            f"| {ratio('cpu_s', unf)} | {ratio('cpu_s', lig)} "
-            f"| {flops / r['time_s'] / 1e9:.0f} | {flops / r['cpu_s'] / 1e9:.0f} "
-            f"| {r['growth_bytes'] / MiB:.0f} | {r['extra_bytes'] / MiB:.0f} "
-            f"| {ratio('extra_bytes', unf, '{:.1%}')} | {ratio('extra_bytes', lig, '{:.2f}')} "
+            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} | {t:.2f} "
+            f"| {ratio(t, unf, 'time_s')} | {ratio(t, lig, 'time_s')} | {c:.2f} "
+            f"| {ratio(c, unf, 'cpu_s')} | {ratio(c, lig, 'cpu_s')} "
+            f"| {flops / t / 1e9:.0f} | {flops / c / 1e9:.0f} "
+            f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
+            f"| {ratio(e, unf, 'extra_bytes', PERCENT)} | {ratio(e, lig, 'extra_bytes')} "
             f"| {r['loss']:.6f} | {r['load_avg']:.1f} |"
         )
     return "\n".join(rows)
@@ -280,7 +237,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=IMPLS, help="instead, profile one call of this impl")
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args()
-    shapes = [tuple(int(s) for s in text.split(",")) for text in args.shapes]
+    shapes = [parse_shape(text) for text in args.shapes]
     if args.profile:
         for shape in shapes:
             profile(args.profile, *shape, args.dtype, args.profile_rows)
@@ -290,35 +247,25 @@ def main() -> None:
         n, v = shape[0], shape[2]
         for impl in args.impls:
             need = UNFUSED_BLOCKS * n * v * 4
-            if impl == "unfused" and not args.force and need > 0.8 * _mem_available():
+            if impl == "unfused" and not args.force and need > 0.8 * mem_available():
                 gib = 2**30
                 result = {
                     "impl": impl,
                     "shape": list(shape),
                     "skipped": f"needs ~{need / gib:.0f} GiB, "
-                    f"{_mem_available() / gib:.0f} GiB available",
+                    f"{mem_available() / gib:.0f} GiB available",
                 }
             else:
                 result = run_isolated(impl, shape, args.dtype, args.runs, args.warmup)
             results.append(result)
-            print(json.dumps(result), file=sys.stderr, flush=True)
+            log_result(result)
     print(table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.json, results)
 
 
 def render(paths: list[str]) -> None:
     """Print the table of results saved by ``--json`` or logged on stderr (JSON lines)."""
-    results = []
-    for path in paths:
-        with open(path) as f:
-            text = f.read().strip()
-        if text.startswith("["):
-            results.extend(json.loads(text))
-        else:
-            results.extend(json.loads(line) for line in text.splitlines() if line.startswith("{"))
-    print(table(results))
+    print(table(load_results(paths)))
 
 
 if __name__ == "__main__":
