@@ -14,14 +14,12 @@ What runs, forward + backward (gradients for the hidden states and the weight), 
   does not divide) split of the vocabulary and ``threads / nproc`` threads, so both use
   the same cores.
 
-Method.  Each side runs in fresh processes (``spawn``), so no allocator cache or earlier
-peak leaks in.  Per run: the gradients are dropped, the peak resident set (``VmHWM``) is
-reset through ``/proc/self/clear_refs``, the resident set (``VmRSS``) is read as the
-baseline, the step runs, and ``VmHWM`` is read again; ``growth`` is peak minus baseline
-(the gradient buffers included) and ``peak`` the whole process's high-water mark, inputs
-and the interpreter included.  glibc serves every allocation of 64 KiB or more by
-``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the resident set at once.
-The time is the median over the runs after a warm-up run.  The collectives are counted by
+Method: ``_harness.py``.  Each side runs in fresh processes (``spawn``), with
+``MALLOC_MMAP_THRESHOLD_`` set.  Per run the gradients are dropped and ``VmHWM`` is reset
+through ``/proc/self/clear_refs`` and read after the step; ``growth`` is peak minus the
+starting ``VmRSS`` (the gradient buffers included) and ``peak`` the whole process's
+high-water mark, inputs and the interpreter included.  The time is the median over the
+runs after a warm-up run.  The collectives are counted by
 wrapping ``torch.distributed.all_reduce``/``all_gather``; "payload" is the bytes each rank
 contributes per token (what an all-reduce reduces), "wire" the bytes a rank sends per
 token in a ring all-reduce, ``2 (P - 1) / P`` times the payload.  The floor is ``D + 1``
@@ -49,26 +47,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-MiB = 2**20
+from _harness import MMAP_ENV, MiB, reset_peak, run_worker, status
+
 SHAPE = (4096, 512, 65536)
-MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _sizes(vocab: int, world: int) -> list[int]:
@@ -97,14 +81,14 @@ def _measure(step, runs, cuda, zero):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
-            _reset_peak()
-            base = _status("VmRSS")
+            reset_peak()
+            base = status("VmRSS")
         t0 = time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        top = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+        top = torch.cuda.max_memory_allocated() if cuda else status("VmHWM")
         growth.append(top - base)
         peak.append(top)
     keep = slice(1, None) if runs > 1 else slice(None)
@@ -201,18 +185,13 @@ def _spawned(rank, world, init_file, out_dir, args):
 
 
 def _run_single_subprocess(args) -> dict:
-    import subprocess
-
-    env = {**os.environ, **MMAP}
-    cmd = [sys.executable, __file__, "--worker-single", json.dumps(args)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker-single", json.dumps(args)], env=MMAP_ENV)
 
 
 def _run_parallel_spawned(args, nproc) -> list[dict]:
     import torch.multiprocessing as mp
 
-    os.environ.update(MMAP)  # inherited by the spawned interpreters
+    os.environ.update(MMAP_ENV)  # inherited by the spawned interpreters
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(
             _spawned,

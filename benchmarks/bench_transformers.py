@@ -11,15 +11,14 @@ layers, 8 heads, untied head), float32, batch 2 x 1,024 tokens, vocabularies of 
 ``zero_grad()``.  ``unpatched`` is the model's own ``ForCausalLMLoss`` on its logits;
 ``patched`` the same model after ``crossentropy.transformers.patch(model)``.
 
-Method (as ``bench_linear_cross_entropy.py``).  Every (vocabulary, mode) runs in a fresh
-Python process.  There the model and optimizer are built and one warm-up step is taken
-(it allocates AdamW's state); then each timed step: the peak resident set (``VmHWM``) is
-reset through ``/proc/self/clear_refs``, the resident set (``VmRSS``) read as the
-baseline, the step runs, ``VmHWM`` is read again.  ``step growth`` is peak minus baseline:
-what the step allocated on top of the model, its gradients' previous buffers and the
-optimizer state (the logits, activations and gradients); ``process peak`` is the whole
-process's ``VmHWM`` over the timed steps.  glibc serves every allocation of 64 KiB or more
-by ``mmap`` so that freed tensors leave the resident set at once.  Times are medians.
+Method: ``_harness.py``.  Every (vocabulary, mode) runs in a fresh Python process, with
+``MALLOC_MMAP_THRESHOLD_`` set.  There the model and optimizer are built and one warm-up
+step is taken (it allocates AdamW's state); then each timed step runs with ``VmHWM``
+reset through ``/proc/self/clear_refs`` and read after it.  ``step growth`` is peak minus
+the starting ``VmRSS``: what the step allocated on top of the model, its gradients'
+previous buffers and the optimizer state (the logits, activations and gradients);
+``process peak`` is the whole process's ``VmHWM`` over the timed steps.  Times are
+medians.
 """
 
 from __future__ import annotations
@@ -29,26 +28,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
+from _harness import MMAP_ENV, MiB, reset_peak, run_worker, status
+
 VOCABS = [128256, 151936]
 MODES = ["unpatched", "patched"]
-MiB = 2**20
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _child(vocab: int, mode: str, runs: int, tokens: int) -> dict:
@@ -84,12 +70,12 @@ def _child(vocab: int, mode: str, runs: int, tokens: int) -> dict:
     losses = [step()]  # warm-up: AdamW state, one-time allocations
     times, growth, peaks = [], [], []
     for _ in range(runs):
-        _reset_peak()
-        base = _status("VmRSS")
+        reset_peak()
+        base = status("VmRSS")
         start = time.perf_counter()
         losses.append(step())
         times.append(time.perf_counter() - start)
-        peak = _status("VmHWM")
+        peak = status("VmHWM")
         growth.append(peak - base)
         peaks.append(peak)
     return {
@@ -116,23 +102,11 @@ def main() -> None:
         vocab, mode = int(args.child[0]), args.child[1]
         print(json.dumps(_child(vocab, mode, args.runs, args.tokens)))
         return
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     rows = []
     for vocab in map(int, args.vocabs.split(",")):
         for mode in MODES:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                str(vocab),
-                mode,
-                "--runs",
-                str(args.runs),
-                "--tokens",
-                str(args.tokens),
-            ]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            cmd = ["--child", vocab, mode, "--runs", args.runs, "--tokens", args.tokens]
+            rows.append(run_worker(__file__, cmd, env=MMAP_ENV))
             print(f"  {vocab} {mode}: {rows[-1]['time_s']:.2f} s", file=sys.stderr)
     first = rows[0]
     print(
