@@ -35,6 +35,7 @@ result as a JSON line on standard error (:func:`log_result`), can save them all 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -135,9 +136,36 @@ def run_worker(script: str, args: Iterable[object], env: dict = MMAP_NO_TRIM_ENV
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def case_parser(
+    doc: str,
+    shapes: Sequence[Sequence[int]],
+    impls: Sequence[str],
+    runs: int,
+    runs_help: str,
+    shape_help: str | None = None,
+    impl_choices: Sequence[str] | None = None,
+) -> argparse.ArgumentParser:
+    """The options every case-by-case benchmark has: ``--shapes`` (comma-separated, with
+    ``shapes`` the default), ``--impls``, ``--runs`` and ``--json``; the description is
+    the first line of ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument(
+        "--shapes", nargs="*", default=[",".join(map(str, s)) for s in shapes], help=shape_help
+    )
+    parser.add_argument("--impls", nargs="*", default=list(impls), choices=impl_choices)
+    parser.add_argument("--runs", type=int, default=runs, help=runs_help)
+    parser.add_argument("--json", help="also write the raw results here")
+    return parser
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"2048,512,32768"`` -> ``(2048, 512, 32768)``."""
     return tuple(int(s) for s in text.split(","))
+
+
+def default_runs(requested: int, flops: float) -> int:
+    """``requested``, or by default 5 runs, 2 when a run costs more than 1 TFLOP."""
+    return requested or (2 if flops > 1e12 else 5)
 
 
 def log_result(result: dict) -> None:
@@ -191,6 +219,16 @@ def ratio(value: float, base: dict | None, key: str, fmt: str = "{:.2f}") -> str
     if base is None or not base[key]:
         return "-"
     return fmt.format(value / base[key])
+
+
+def cost_cells(r: dict, bases: Sequence[dict | None]) -> str:
+    """The cells ``time (s) | x base... | CPU s | CPU x base...`` of a result: its wall
+    and CPU seconds, each followed by its ratios to the results ``bases`` (``-`` for a
+    missing one)."""
+    t, c = r["time_s"], r["cpu_s"]
+    cells = [f"{t:.2f}", *(ratio(t, b, "time_s") for b in bases)]
+    cells += [f"{c:.2f}", *(ratio(c, b, "cpu_s") for b in bases)]
+    return " | ".join(cells)
 
 
 def table_head(columns: str) -> list[str]:

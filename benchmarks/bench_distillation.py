@@ -51,7 +51,6 @@ estimated need exceeds 80% of ``MemAvailable`` is skipped (recorded as skipped) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -59,6 +58,8 @@ import time
 from _harness import (
     PERCENT,
     MiB,
+    case_parser,
+    cost_cells,
     load_results,
     log_result,
     measure,
@@ -184,12 +185,6 @@ def profile(impl: str, n: int, d: int, v: int, dt: int, dtype_name: str, rows: i
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def run_isolated(
-    impl: str, shape: tuple[int, int, int, int], dtype: str, runs: int, warmup: int
-) -> dict:
-    return run_worker(__file__, ["--worker", impl, *shape, dtype, runs, warmup])
-
-
 def table(results: list[dict]) -> str:
     rows = table_head(
         "N, D, V, D_t | impl | runs | time (s) | x unfused | x liger "
@@ -207,9 +202,7 @@ def table(results: list[dict]) -> str:
         t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
         flops = _flops(n, d, v, dt)
         rows.append(
-            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} | {t:.2f} "
-            f"| {ratio(t, unf, 'time_s')} | {ratio(t, lig, 'time_s')} | {c:.2f} "
-            f"| {ratio(c, unf, 'cpu_s')} | {ratio(c, lig, 'cpu_s')} "
+            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} | {cost_cells(r, (unf, lig))} "
             f"| {flops / t / 1e9:.0f} | {flops / c / 1e9:.0f} "
             f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
             f"| {ratio(e, unf, 'extra_bytes', PERCENT)} | {ratio(e, lig, 'extra_bytes')} "
@@ -219,13 +212,9 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES], help="N,D,V,D_t"
-    )
+    runs_help = "timed runs per case (default 3)"
+    parser = case_parser(__doc__, SHAPES, IMPLS, 3, runs_help, "N,D,V,D_t", IMPLS)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--impls", nargs="*", default=IMPLS, choices=IMPLS)
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     parser.add_argument(
         "--warmup",
         type=int,
@@ -233,7 +222,6 @@ def main() -> None:
         help="untimed calls before the runs (default 1; Liger always gets at least 1)",
     )
     parser.add_argument("--force", action="store_true", help="run unfused whatever memory it needs")
-    parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--profile", choices=IMPLS, help="instead, profile one call of this impl")
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args()
@@ -256,7 +244,8 @@ def main() -> None:
                     f"{mem_available() / gib:.0f} GiB available",
                 }
             else:
-                result = run_isolated(impl, shape, args.dtype, args.runs, args.warmup)
+                cmd = ["--worker", impl, *shape, args.dtype, args.runs, args.warmup]
+                result = run_worker(__file__, cmd)
             results.append(result)
             log_result(result)
     print(table(results))

@@ -22,7 +22,6 @@ two.  The FLOP rate is ``6 N D V`` (three matrix products, the minimum) over tha
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -31,6 +30,9 @@ import time
 from _harness import (
     PERCENT,
     MiB,
+    case_parser,
+    cost_cells,
+    default_runs,
     load_results,
     log_result,
     measure,
@@ -107,12 +109,6 @@ def matmul_rate(shape: tuple[int, int, int], dtype_name: str, runs: int = 4) -> 
     return f"{n}, {d}, {v} {dtype_name}: one product at {rate:.0f} GFLOP/s"
 
 
-def run_isolated(
-    impl: str, shape: tuple[int, int, int], dtype: str, runs: int, chunk: int = 0
-) -> dict:
-    return run_worker(__file__, ["--worker", impl, *shape, dtype, runs, chunk])
-
-
 def table(results: list[dict]) -> str:
     rows = table_head(
         "N, D, V | dtype | impl | runs | time (s) | x unfused | x torch-chunked "
@@ -125,11 +121,10 @@ def table(results: list[dict]) -> str:
         unf, chk = by.get((*key, "unfused")), by.get((*key, "torch-chunked"))
         n, d, v = r["shape"]
         flops = 6 * n * d * v / r["time_s"] / 1e9
-        t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
+        c, e = r["cpu_s"], r["extra_bytes"]
         rows.append(
-            f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} | {t:.2f} "
-            f"| {ratio(t, unf, 'time_s')} | {ratio(t, chk, 'time_s')} | {c:.2f} "
-            f"| {ratio(c, unf, 'cpu_s')} | {ratio(c, chk, 'cpu_s')} "
+            f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} "
+            f"| {cost_cells(r, (unf, chk))} "
             f"| {flops:.0f} | {6 * n * d * v / c / 1e9:.0f} "
             f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
             f"| {ratio(e, unf, 'extra_bytes', PERCENT)} | {r['load_avg']:.1f} |"
@@ -138,20 +133,12 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES])
+    runs_help = "runs per case (default: 5, or 2 when 6NDV exceeds 1 TFLOP)"
+    parser = case_parser(__doc__, SHAPES, IMPLS, 0, runs_help)
     parser.add_argument("--dtypes", nargs="*", default=DTYPES)
-    parser.add_argument("--impls", nargs="*", default=IMPLS)
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=0,
-        help="runs per case (default: 5, or 2 when 6NDV exceeds 1 TFLOP)",
-    )
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="crossentropy's chunk_size (default: auto)"
     )
-    parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument(
         "--matmul-rate",
         action="store_true",
@@ -167,10 +154,11 @@ def main() -> None:
     for text in args.shapes:
         shape = parse_shape(text)
         n, d, v = shape
-        runs = args.runs or (2 if 6 * n * d * v > 1e12 else 5)
+        runs = default_runs(args.runs, 6 * n * d * v)
         for dtype in args.dtypes:
             for impl in args.impls:
-                result = run_isolated(impl, shape, dtype, runs, args.chunk_size)
+                cmd = ["--worker", impl, *shape, dtype, runs, args.chunk_size]
+                result = run_worker(__file__, cmd)
                 results.append(result)
                 log_result(result)
     print(table(results))

@@ -41,7 +41,6 @@ implementations, which shows that all three compute the same thing.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -50,6 +49,9 @@ import sys
 from _harness import (
     PERCENT,
     MiB,
+    case_parser,
+    cost_cells,
+    default_runs,
     load_results,
     log_result,
     measure,
@@ -159,18 +161,6 @@ def worker(
     }
 
 
-def run_isolated(
-    impl: str,
-    mode: str,
-    shape: tuple[int, int, int],
-    runs: int,
-    chunk: int = 0,
-    temperature: float = TEMPERATURE,
-) -> dict:
-    args = ["--worker", impl, mode, *shape, runs, chunk, repr(temperature)]
-    return run_worker(__file__, args)
-
-
 def _flops(r: dict) -> float:
     n, d, v = r["shape"]
     return (8 if r["mode"] == "fwd+bwd" else 2) * n * d * v
@@ -194,9 +184,8 @@ def table(results: list[dict]) -> str:
         n, d, v = r["shape"]
         t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
         rows.append(
-            f"| {n}, {d}, {v} | {r['mode']} | {r['impl']} | {r['runs']} | {t:.2f} "
-            f"| {ratio(t, mat, 'time_s')} | {ratio(t, verl, 'time_s')} | {c:.2f} "
-            f"| {ratio(c, mat, 'cpu_s')} | {ratio(c, verl, 'cpu_s')} "
+            f"| {n}, {d}, {v} | {r['mode']} | {r['impl']} | {r['runs']} "
+            f"| {cost_cells(r, (mat, verl))} "
             f"| {_rate(_flops(r) / t)} | {_rate(_flops(r) / c)} "
             f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
             f"| {ratio(e, mat, 'extra_bytes', PERCENT)} | {ratio(e, verl, 'extra_bytes', PERCENT)} "
@@ -274,16 +263,9 @@ def targets(results: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES])
-    parser.add_argument("--impls", nargs="*", default=IMPLS)
+    runs_help = "runs per case (default: 5, or 2 when 8NDV exceeds 1 TFLOP)"
+    parser = case_parser(__doc__, SHAPES, IMPLS, 0, runs_help)
     parser.add_argument("--modes", nargs="*", default=MODES)
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=0,
-        help="runs per case (default: 5, or 2 when 8NDV exceeds 1 TFLOP)",
-    )
     parser.add_argument(
         "--chunk-size",
         type=int,
@@ -291,16 +273,16 @@ def main() -> None:
         help="chunk size of crossentropy and verl (default: crossentropy's auto, verl's 512)",
     )
     parser.add_argument("--temperature", type=float, default=TEMPERATURE)
-    parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     results = []
     for text in args.shapes:
         shape = parse_shape(text)
         n, d, v = shape
-        runs = args.runs or (2 if 8 * n * d * v > 1e12 else 5)
+        runs = default_runs(args.runs, 8 * n * d * v)
         for mode in args.modes:
             for impl in args.impls:
-                result = run_isolated(impl, mode, shape, runs, args.chunk_size, args.temperature)
+                cmd = [impl, mode, *shape, runs, args.chunk_size, repr(args.temperature)]
+                result = run_worker(__file__, ["--worker", *cmd])
                 results.append(result)
                 log_result(result)
     print(table(results))
