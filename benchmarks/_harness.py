@@ -221,13 +221,28 @@ def ratio(value: float, base: dict | None, key: str, fmt: str = "{:.2f}") -> str
     return fmt.format(value / base[key])
 
 
-def cost_cells(r: dict, bases: Sequence[dict | None]) -> str:
-    """The cells ``time (s) | x base... | CPU s | CPU x base...`` of a result: its wall
-    and CPU seconds, each followed by its ratios to the results ``bases`` (``-`` for a
-    missing one)."""
+def measured_columns(bases: Sequence[str]) -> str:
+    """The columns of :func:`measured_cells`, ``bases`` the names of its bases."""
+    times = " | ".join(f"x {b}" for b in bases)
+    cpus = " | ".join(f"CPU x {b}" for b in bases)
+    return (
+        f"time (s) | {times} | CPU s | {cpus} | GFLOP/s | GFLOP/CPU-s | growth (MiB) | extra (MiB)"
+    )
+
+
+def measured_cells(
+    r: dict, bases: Sequence[dict | None], flops: float, rate: Callable[[float], str] | None = None
+) -> str:
+    """The cells every results table has, of result ``r``: its wall seconds and their
+    ratios to the results ``bases`` (``-`` for a missing one), its CPU seconds and theirs,
+    ``flops`` over each (formatted by ``rate`` from GFLOP/s; whole numbers by default),
+    its growth and extra memory in MiB."""
     t, c = r["time_s"], r["cpu_s"]
+    rate = rate or "{:.0f}".format
     cells = [f"{t:.2f}", *(ratio(t, b, "time_s") for b in bases)]
     cells += [f"{c:.2f}", *(ratio(c, b, "cpu_s") for b in bases)]
+    cells += [rate(flops / t / 1e9), rate(flops / c / 1e9)]
+    cells += [f"{r['growth_bytes'] / MiB:.0f}", f"{r['extra_bytes'] / MiB:.0f}"]
     return " | ".join(cells)
 
 

@@ -57,12 +57,12 @@ import time
 
 from _harness import (
     PERCENT,
-    MiB,
     case_parser,
-    cost_cells,
     load_results,
     log_result,
     measure,
+    measured_cells,
+    measured_columns,
     mem_available,
     parse_shape,
     ratio,
@@ -187,9 +187,8 @@ def profile(impl: str, n: int, d: int, v: int, dt: int, dtype_name: str, rows: i
 
 def table(results: list[dict]) -> str:
     rows = table_head(
-        "N, D, V, D_t | impl | runs | time (s) | x unfused | x liger "
-        "| CPU s | CPU x unfused | CPU x liger | GFLOP/s | GFLOP/CPU-s "
-        "| growth (MiB) | extra (MiB) | extra / unfused | extra / liger | loss | load"
+        f"N, D, V, D_t | impl | runs | {measured_columns(['unfused', 'liger'])} "
+        "| extra / unfused | extra / liger | loss | load"
     )
     by = {(tuple(r["shape"]), r["impl"]): r for r in results if "skipped" not in r}
     for r in results:
@@ -199,12 +198,10 @@ def table(results: list[dict]) -> str:
             continue
         key = tuple(r["shape"])
         unf, lig = by.get((key, "unfused")), by.get((key, "liger"))
-        t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
-        flops = _flops(n, d, v, dt)
+        e = r["extra_bytes"]
         rows.append(
-            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} | {cost_cells(r, (unf, lig))} "
-            f"| {flops / t / 1e9:.0f} | {flops / c / 1e9:.0f} "
-            f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
+            f"| {n}, {d}, {v}, {dt} | {r['impl']} | {r['runs']} "
+            f"| {measured_cells(r, (unf, lig), _flops(n, d, v, dt))} "
             f"| {ratio(e, unf, 'extra_bytes', PERCENT)} | {ratio(e, lig, 'extra_bytes')} "
             f"| {r['loss']:.6f} | {r['load_avg']:.1f} |"
         )

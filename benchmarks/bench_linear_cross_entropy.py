@@ -29,13 +29,13 @@ import time
 
 from _harness import (
     PERCENT,
-    MiB,
     case_parser,
-    cost_cells,
     default_runs,
     load_results,
     log_result,
     measure,
+    measured_cells,
+    measured_columns,
     merge,
     parse_shape,
     ratio,
@@ -111,23 +111,18 @@ def matmul_rate(shape: tuple[int, int, int], dtype_name: str, runs: int = 4) -> 
 
 def table(results: list[dict]) -> str:
     rows = table_head(
-        "N, D, V | dtype | impl | runs | time (s) | x unfused | x torch-chunked "
-        "| CPU s | CPU x unfused | CPU x torch-chunked "
-        "| GFLOP/s | GFLOP/CPU-s | growth (MiB) | extra (MiB) | extra / unfused | load"
+        f"N, D, V | dtype | impl | runs | {measured_columns(['unfused', 'torch-chunked'])} "
+        "| extra / unfused | load"
     )
     by = {(tuple(r["shape"]), r["dtype"], r["impl"]): r for r in results}
     for r in results:
         key = (tuple(r["shape"]), r["dtype"])
         unf, chk = by.get((*key, "unfused")), by.get((*key, "torch-chunked"))
         n, d, v = r["shape"]
-        flops = 6 * n * d * v / r["time_s"] / 1e9
-        c, e = r["cpu_s"], r["extra_bytes"]
         rows.append(
             f"| {n}, {d}, {v} | {r['dtype']} | {r['impl']} | {r['runs']} "
-            f"| {cost_cells(r, (unf, chk))} "
-            f"| {flops:.0f} | {6 * n * d * v / c / 1e9:.0f} "
-            f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
-            f"| {ratio(e, unf, 'extra_bytes', PERCENT)} | {r['load_avg']:.1f} |"
+            f"| {measured_cells(r, (unf, chk), 6 * n * d * v)} "
+            f"| {ratio(r['extra_bytes'], unf, 'extra_bytes', PERCENT)} | {r['load_avg']:.1f} |"
         )
     return "\n".join(rows)
 

@@ -50,11 +50,12 @@ from _harness import (
     PERCENT,
     MiB,
     case_parser,
-    cost_cells,
     default_runs,
     load_results,
     log_result,
     measure,
+    measured_cells,
+    measured_columns,
     merge,
     parse_shape,
     ratio,
@@ -166,28 +167,24 @@ def _flops(r: dict) -> float:
     return (8 if r["mode"] == "fwd+bwd" else 2) * n * d * v
 
 
-def _rate(flops_per_s: float) -> str:
-    g = flops_per_s / 1e9
-    return f"{g:.0f}" if g >= 100 else f"{g:.1f}"
+def _rate(gflops: float) -> str:
+    return f"{gflops:.0f}" if gflops >= 100 else f"{gflops:.1f}"
 
 
 def table(results: list[dict]) -> str:
     rows = table_head(
-        "N, D, V | mode | impl | runs | time (s) | x materialised | x verl | CPU s "
-        "| CPU x materialised | CPU x verl | GFLOP/s | GFLOP/CPU-s | growth (MiB) "
-        "| extra (MiB) | extra / materialised | extra / verl | load"
+        f"N, D, V | mode | impl | runs | {measured_columns(['materialised', 'verl'])} "
+        "| extra / materialised | extra / verl | load"
     )
     by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in results}
     for r in results:
         key = (tuple(r["shape"]), r["mode"])
         mat, verl = by.get((*key, "materialised")), by.get((*key, "verl"))
         n, d, v = r["shape"]
-        t, c, e = r["time_s"], r["cpu_s"], r["extra_bytes"]
+        e = r["extra_bytes"]
         rows.append(
             f"| {n}, {d}, {v} | {r['mode']} | {r['impl']} | {r['runs']} "
-            f"| {cost_cells(r, (mat, verl))} "
-            f"| {_rate(_flops(r) / t)} | {_rate(_flops(r) / c)} "
-            f"| {r['growth_bytes'] / MiB:.0f} | {e / MiB:.0f} "
+            f"| {measured_cells(r, (mat, verl), _flops(r), _rate)} "
             f"| {ratio(e, mat, 'extra_bytes', PERCENT)} | {ratio(e, verl, 'extra_bytes', PERCENT)} "
             f"| {r['load_avg']:.1f} |"
         )
