@@ -5,9 +5,10 @@ With ``normalize_by = n`` (the counted tokens of the whole batch), a loss is its
 four micro-batches with very different numbers of ignored tokens -- one all ignored, one
 with none -- must then give, summed, the big batch's ``sum / n``, and the gradients
 accumulated by one ``backward`` per micro-batch must be the gradient of ``sum / n`` on
-the big batch.  The oracle is an independent float64 ``reduction='sum'`` written here
-from ``F.log_softmax(softcap(x) / T)`` (class weights scale the cross-entropy part only;
-``normalize_by`` divides the plain sum, never the weighted count).
+the big batch.  The oracle is an independent float64 ``reduction='sum'``, written in
+``tests/_torch_oracles.py`` from ``F.log_softmax(softcap(x) / T)`` (class weights scale
+the cross-entropy part only; ``normalize_by`` divides the plain sum, never the weighted
+count).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+
+from _torch_oracles import entropy_oracle  # noqa: E402
+from _torch_oracles import oracle as loss_oracle  # noqa: E402
 
 from crossentropy.torch import (  # noqa: E402
     CrossEntropyLoss,
@@ -53,46 +56,9 @@ OPTION_SETS = {
 # ---------------------------------------------------------------- the float64 oracle
 
 
-def oracle_sum(
-    logits,
-    target,
-    *,
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    temperature=1.0,
-    divergence=False,
-):
+def oracle_sum(logits, target, **options):
     """The ``reduction='sum'`` loss in float64, from ``F.log_softmax`` alone."""
-    x = logits.double()
-    z = (x if softcap is None else softcap * torch.tanh(x / softcap)) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    lse = torch.logsumexp(z, dim=-1)
-    classes = z.shape[-1]
-    w = torch.ones(classes, dtype=F64) if weight is None else weight.double()
-    if target.dtype.is_floating_point:
-        t = target.double()
-        counted = torch.ones(z.shape[:-1], dtype=torch.bool)
-    else:
-        counted = target != ignore_index
-        t = F.one_hot(torch.where(counted, target, 0), classes).double()
-    t = (1.0 - label_smoothing) * t + label_smoothing / classes
-    wt = w * t
-    token = -torch.where(wt == 0, 0.0, wt * logq).sum(-1)
-    if divergence:
-        token = token + (w * torch.special.xlogy(t, t)).sum(-1)
-    token = torch.where(counted, token, 0.0) + torch.where(counted, z_loss * lse.square(), 0.0)
-    return token.sum()
-
-
-def entropy_oracle_sum(logits, mask, *, softcap=None, temperature=1.0):
-    x = logits.double()
-    z = (x if softcap is None else softcap * torch.tanh(x / softcap)) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    ent = -(logq.exp() * logq).sum(-1)
-    return torch.where(mask, ent, 0.0).sum()
+    return loss_oracle(logits, target, reduction="sum", **options)
 
 
 # ---------------------------------------------------------------- data
@@ -251,7 +217,7 @@ def test_entropy_micro_batches_with_mask(kind, options):
         return entropy_loss(pieces[0], mask=m, normalize_by=norm, **options)
 
     def oracle(leaves, m):
-        return entropy_oracle_sum(leaves[0], m, **options)
+        return entropy_oracle(leaves[0], mask=m, reduction="sum", **options)
 
     norm = normalizers(COUNTED)[kind]
     total = check(call, oracle, [logits_of(11)], [True], mask, COUNTED, norm)

@@ -1,11 +1,11 @@
 """``temperature`` on every loss against an independent float64 oracle.
 
-The oracle is written here from ``F.log_softmax(softcap(x) / T)`` alone (not from
-``crossentropy.torch._reference``): ``z = c tanh(x / c) / T``, the smoothed target
-``t' = (1 - eps) t + eps / C``, per token ``H = -sum_c w_c t'_c log q_c`` (0 log 0 = 0),
-the divergence ``D = sum_c w_c t'_c log t'_c - sum_c w_c t'_c log q_c``, the z-loss
-``lambda (logsumexp z)^2`` on every counted token (not class-weighted), and ``mean`` =
-``sum H / sum omega + sum zloss / n`` (``omega = w_y``, 0 when ignored, 1 for a
+The oracle (``tests/_torch_oracles.py``) is written from ``F.log_softmax(softcap(x) / T)``
+alone (not from ``crossentropy.torch._reference``): ``z = c tanh(x / c) / T``, the
+smoothed target ``t' = (1 - eps) t + eps / C``, per token ``H = -sum_c w_c t'_c log q_c``
+(0 log 0 = 0), the divergence ``D = sum_c w_c t'_c log t'_c - sum_c w_c t'_c log q_c``,
+the z-loss ``lambda (logsumexp z)^2`` on every counted token (not class-weighted), and
+``mean`` = ``sum H / sum omega + sum zloss / n`` (``omega = w_y``, 0 when ignored, 1 for a
 probability row; ``n`` the counted tokens).  Its gradients come from autograd.
 """
 
@@ -16,7 +16,7 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+from _torch_oracles import entropy_oracle, linear_oracle, oracle  # noqa: E402
 
 from crossentropy.torch import (  # noqa: E402
     CrossEntropyLoss,
@@ -47,70 +47,6 @@ CASES = [
     (TEMPERATURES[i % len(TEMPERATURES)], name, kind)
     for i, (name, kind) in enumerate((n, k) for n in OPTION_SETS if n != "all" for k in KINDS)
 ] + [(t, "all", kind) for t in TEMPERATURES for kind in KINDS]
-
-
-# ---------------------------------------------------------------- the float64 oracle
-
-
-def softcapped(x, cap):
-    return x if cap is None else cap * torch.tanh(x / cap)
-
-
-def oracle(
-    logits,
-    target,
-    *,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    temperature=1.0,
-    divergence=False,
-):
-    """The loss, in float64, from ``F.log_softmax(softcap(x) / T)`` and nothing else."""
-    z = softcapped(logits.double(), softcap) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    lse = torch.logsumexp(z, dim=-1)
-    classes = z.shape[-1]
-    w = torch.ones(classes, dtype=F64) if weight is None else weight.double()
-    if target.dtype.is_floating_point:
-        t = target.double()
-        counted = torch.ones(z.shape[:-1], dtype=torch.bool)
-        omega = torch.ones(z.shape[:-1], dtype=F64)
-    else:
-        counted = target != ignore_index
-        safe = torch.where(counted, target, 0)
-        t = F.one_hot(safe, classes).double()
-        omega = torch.where(counted, w[safe], 0.0)
-    eps = label_smoothing
-    t = (1.0 - eps) * t + eps / classes
-    wt = w * t
-    token = -torch.where(wt == 0, 0.0, wt * logq).sum(-1)  # 0 log 0 = 0
-    if divergence:
-        token = token + (w * torch.special.xlogy(t, t)).sum(-1)
-    token = torch.where(counted, token, 0.0)
-    zterm = torch.where(counted, z_loss * lse.square(), 0.0)
-    if reduction == "none":
-        return token + zterm
-    if reduction == "sum":
-        return token.sum() + zterm.sum()
-    return token.sum() / omega.sum() + zterm.sum() / counted.sum()
-
-
-def entropy_oracle(logits, *, mask=None, reduction="mean", softcap=None, temperature=1.0):
-    z = softcapped(logits.double(), softcap) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    q = logq.exp()
-    ent = -torch.where(q == 0, 0.0, q * logq).sum(-1)
-    keep = torch.ones(ent.shape, dtype=torch.bool) if mask is None else mask
-    ent = torch.where(keep, ent, 0.0)
-    if reduction == "none":
-        return ent
-    if reduction == "sum":
-        return ent.sum()
-    return ent.sum() / keep.sum()
 
 
 # ---------------------------------------------------------------- data and comparison
@@ -289,13 +225,6 @@ def make_linear(batch, dim, vocab, *, seed=0, bias=True, ignore_index=-100):
     labels = torch.randint(0, vocab, batch, generator=gen)
     labels[torch.rand(batch, generator=gen) < 0.3] = ignore_index
     return hidden, weight, b, labels
-
-
-def linear_oracle(hidden, weight, target, *, bias=None, class_weight=None, **options):
-    logits = hidden.double() @ weight.double().T
-    if bias is not None:
-        logits = logits + bias.double()
-    return oracle(logits, target, weight=class_weight, **options)
 
 
 def leaves(*tensors):

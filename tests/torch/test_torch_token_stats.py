@@ -1,14 +1,14 @@
 """token_stats and linear_token_stats against an independent float64 oracle (issue 13).
 
-The oracle is written here from ``F.log_softmax(softcap(x) / T)`` alone (not from
-``crossentropy.torch._reference``): with ``z = c tanh(x / c) / T`` (softcap ``c`` optional)
-and ``log q = log_softmax(z)``, per token ``log_prob = log q[y]`` (0 where ignored),
-``entropy = -sum q log q`` (``0 log 0 = 0``), ``logsumexp = lse(z)``, ``collision =
-sum q^2``, ``argmax = argmax z``, ``correct = counted & (argmax == y)`` and the top-k of
-``log q``.  Its gradients come from autograd on the materialised float64 logits.  Also: half
-inputs held to PyTorch's own same-dtype computation, gradcheck, ``-inf`` logits, a GRPO
-objective composed from the fields, verl's ``FusedLinearForPPO``, torch.compile and the
-argument errors.
+The oracle (``tests/_torch_oracles.py``) is written from ``F.log_softmax(softcap(x) / T)``
+alone (not from ``crossentropy.torch._reference``): with ``z = c tanh(x / c) / T``
+(softcap ``c`` optional) and ``log q = log_softmax(z)``, per token ``log_prob = log q[y]``
+(0 where ignored), ``entropy = -sum q log q`` (``0 log 0 = 0``), ``logsumexp = lse(z)``,
+``collision = sum q^2``, ``argmax = argmax z``, ``correct = counted & (argmax == y)`` and
+the top-k of ``log q``.  Its gradients come from autograd on the materialised float64
+logits.  Also: half inputs held to PyTorch's own same-dtype computation, gradcheck,
+``-inf`` logits, a GRPO objective composed from the fields, verl's ``FusedLinearForPPO``,
+torch.compile and the argument errors.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from _torch_oracles import linear_token_stats_oracle as linear_oracle  # noqa: E402
+from _torch_oracles import token_stats_oracle as oracle  # noqa: E402
 
 from crossentropy.torch import TokenStats, linear_token_stats, token_stats  # noqa: E402
 
@@ -30,52 +32,6 @@ FIELDS = TokenStats._fields
 DIFFERENTIABLE = ("log_prob", "entropy", "logsumexp", "collision")
 FLOATS = ("log_prob", "entropy", "logsumexp", "collision", "top_k_log_probs")
 RTOL, ATOL = 1e-10, 1e-12
-
-
-# ---------------------------------------------------------------- the float64 oracle
-
-
-def softcapped(x, cap):
-    return x if cap is None else cap * torch.tanh(x / cap)
-
-
-def oracle(logits, target=None, *, temperature=1.0, softcap=None, ignore_index=-100, top_k=0):
-    """The eight statistics, in float64, from ``F.log_softmax(softcap(x) / T)``; a dict.
-
-    Differentiable in ``logits``; ``0 log 0 = 0`` without a NaN gradient at ``-inf``.
-    """
-    z = softcapped(logits.double(), softcap) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    q = logq.exp()
-    finite = torch.isfinite(logq)
-    plogp = q * torch.where(finite, logq, torch.zeros_like(logq))
-    out = {
-        "entropy": -plogp.sum(-1),
-        "logsumexp": torch.logsumexp(z, dim=-1),
-        "collision": q.square().sum(-1),
-        "argmax": z.detach().argmax(-1),
-        "log_prob": None,
-        "correct": None,
-        "top_k_indices": None,
-        "top_k_log_probs": None,
-    }
-    if target is not None:
-        counted = target != ignore_index
-        safe = torch.where(counted, target, torch.zeros_like(target))
-        picked = logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        out["log_prob"] = torch.where(counted, picked, torch.zeros_like(picked))
-        out["correct"] = counted & (out["argmax"] == target)
-    if top_k:
-        values, indices = logq.detach().topk(top_k, dim=-1)
-        out["top_k_log_probs"], out["top_k_indices"] = values, indices
-    return out
-
-
-def linear_oracle(hidden, weight, target=None, *, bias=None, **options):
-    logits = hidden.double() @ weight.double().T
-    if bias is not None:
-        logits = logits + bias.double()
-    return oracle(logits, target, **options)
 
 
 def make(batch, dim, vocab, *, seed=0, dtype=F64, bias=False, ignore=0.2, ignore_index=-100):

@@ -30,6 +30,7 @@ if not (dist.is_available() and dist.is_gloo_available()):  # pragma: no cover
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
+from _torch_oracles import distillation_oracle, oracle, token_stats_oracle  # noqa: E402
 
 from crossentropy.torch import cross_entropy  # noqa: E402
 from crossentropy.torch.distributed import (  # noqa: E402
@@ -757,33 +758,6 @@ def dtensor_inputs(rank, world):
     same_error_everywhere(wrong_placement, "must be placed Shard(-1)")
 
 
-def _temperature_oracle(x, target, *, temperature, cap, eps, zl, reduction):
-    """Independent float64 oracle: F.log_softmax(softcap(x) / T), then label smoothing over
-    the whole vocabulary, the z-loss on logsumexp(z) per counted token; 'mean' divides the
-    cross-entropy by the counted tokens (no class weights here) and the z-loss likewise."""
-    import torch.nn.functional as F
-
-    z = x if cap is None else cap * torch.tanh(x / cap)
-    z = z / temperature
-    logq = F.log_softmax(z, -1)
-    classes = z.shape[-1]
-    if target.dtype.is_floating_point:
-        smoothed = (1 - eps) * target + eps / classes
-        loss = -(smoothed * logq).sum(-1)
-        counted = torch.ones(loss.shape, dtype=torch.bool)
-    else:
-        counted = target != -100
-        safe = torch.where(counted, target, 0)
-        nll = -logq.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        loss = torch.where(counted, (1 - eps) * nll - eps * logq.mean(-1), 0.0)
-    zsq = torch.where(counted, zl * torch.logsumexp(z, -1).square(), 0.0)
-    if reduction == "none":
-        return loss + zsq
-    if reduction == "sum":
-        return loss.sum() + zsq.sum()
-    return (loss.sum() + zsq.sum()) / counted.sum()
-
-
 @check
 def temperature_against_log_softmax(rank, world):
     sizes = SPLITS[world][0]
@@ -803,7 +777,6 @@ def temperature_against_log_softmax(rank, world):
             softcap=cap,
             temperature=temperature,
         )
-        oracle = dict(temperature=temperature, cap=cap, eps=eps, zl=zl, reduction=reduction)
         gen = torch.Generator().manual_seed(1000 + i)
         n, d = 8, 3
         hidden = torch.randn(n, d, generator=gen, dtype=F64)
@@ -812,7 +785,7 @@ def temperature_against_log_softmax(rank, world):
         upstream = torch.rand(n if reduction == "none" else (), generator=gen, dtype=F64) + 0.5
         # Dense: the logits shard against the oracle on the whole logits.
         full = (hidden @ weight.T).requires_grad_()
-        ref = _temperature_oracle(full, target, **oracle)
+        ref = oracle(full, target, **opts)
         ref.backward(upstream)
         shard = (hidden @ weight[a:b].T).requires_grad_()
         t_shard = target[:, a:b] if soft else target
@@ -823,7 +796,7 @@ def temperature_against_log_softmax(rank, world):
         # Fused: hidden and the weight's rows against the oracle through the product.
         h_ref = hidden.clone().requires_grad_()
         w_ref = weight.clone().requires_grad_()
-        ref = _temperature_oracle(h_ref @ w_ref.T, target, **oracle)
+        ref = oracle(h_ref @ w_ref.T, target, **opts)
         ref.backward(upstream)
         h = hidden.clone().requires_grad_()
         w = weight[a:b].clone().requires_grad_()
@@ -832,23 +805,6 @@ def temperature_against_log_softmax(rank, world):
         close(out, ref.detach(), f"fused loss {what}")
         close(h.grad, h_ref.grad, f"fused hidden grad {what}")
         close(w.grad, w_ref.grad[a:b], f"fused weight grad {what}")
-
-
-def _stats_oracle(x, target, temperature, cap, k):
-    """Float64 per-token statistics from F.log_softmax(softcap(x) / T), materialised."""
-    import torch.nn.functional as F
-
-    z = x if cap is None else cap * torch.tanh(x / cap)
-    z = z / temperature
-    logq = F.log_softmax(z, -1)
-    q = logq.exp()
-    lp = None
-    if target is not None:
-        counted = target != -100
-        picked = logq.gather(-1, torch.where(counted, target, 0).unsqueeze(-1)).squeeze(-1)
-        lp = torch.where(counted, picked, 0.0)
-    ent = -(q * logq).sum(-1)
-    return lp, ent, torch.logsumexp(z, -1), q.square().sum(-1), z.argmax(-1), logq.topk(k, -1)
 
 
 @check
@@ -870,10 +826,12 @@ def token_stats_against_log_softmax(rank, world):
                 _, target = make((2, n), classes, seed=1300 + case)
             ups = [torch.randn(2, n, generator=gen, dtype=F64) for _ in range(4)]
             h_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (hidden, weight, bias))
-            lp, ent, lse, col, arg, (top_v, top_i) = _stats_oracle(
-                h_ref @ w_ref.T + b_ref, target, temperature, cap, k
+            want = token_stats_oracle(
+                h_ref @ w_ref.T + b_ref, target, temperature=temperature, softcap=cap, top_k=k
             )
-            fields = [f for f in (lp, ent, lse, col) if f is not None]
+            arg, top_v, top_i = want["argmax"], want["top_k_log_probs"], want["top_k_indices"]
+            fields = [want[f] for f in ("log_prob", "entropy", "logsumexp", "collision")]
+            fields = [f for f in fields if f is not None]
             sum(
                 ((u * f).sum() for u, f in zip(ups[-len(fields) :], fields, strict=True))
             ).backward()
@@ -904,39 +862,6 @@ def token_stats_against_log_softmax(rank, world):
             close(bb.grad, b_ref.grad[a:b], f"bias grad {what}")
 
 
-def _distill_oracle(x, t, y, *, divergence, beta, temperature, cap, lam, reduction):
-    """Float64 distillation loss with both distributions materialised (F.log_softmax)."""
-    import torch.nn.functional as F
-
-    z = x if cap is None else cap * torch.tanh(x / cap)
-    lq, lp = F.log_softmax(z / temperature, -1), F.log_softmax(t / temperature, -1)
-    q, p = lq.exp(), lp.exp()
-
-    def kl(a, la, lb):
-        return (a * (la - lb)).sum(-1)
-
-    if divergence == "forward_kl":
-        d = kl(p, lp, lq)
-    elif divergence == "reverse_kl":
-        d = kl(q, lq, lp)
-    elif divergence == "jsd":
-        lm = (beta * p + (1 - beta) * q).log()
-        d = beta * kl(p, lp, lm) + (1 - beta) * kl(q, lq, lm)
-    elif divergence == "skew_kl":
-        d = kl(p, lp, (beta * p + (1 - beta) * q).log())
-    elif divergence == "skew_reverse_kl":
-        d = kl(q, lq, (beta * q + (1 - beta) * p).log())
-    else:
-        d = 0.5 * (p - q).abs().sum(-1)
-    counted = y != -100
-    if lam:
-        d = (1 - lam) * d + lam * F.cross_entropy(z, torch.where(counted, y, 0), reduction="none")
-    d = torch.where(counted, d, 0.0)
-    if reduction == "none":
-        return d
-    return d.sum() if reduction == "sum" else d.sum() / counted.sum()
-
-
 @check
 def distillation_against_materialised(rank, world):
     from crossentropy.torch import Teacher
@@ -962,7 +887,7 @@ def distillation_against_materialised(rank, world):
             up = torch.rand(n if reduction == "none" else (), generator=gen, dtype=F64) + 0.5
             what = f"sizes {sizes} {divergence} {reduction} lam={lam}"
             h_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (hidden, weight, bias))
-            ref = _distill_oracle(
+            ref = distillation_oracle(
                 h_ref @ w_ref.T + b_ref, (th @ tw.T), y, cap=3.0, reduction=reduction, lam=lam,
                 divergence=divergence, beta=0.4, temperature=1.6,
             )  # fmt: skip

@@ -1,9 +1,10 @@
 """The Triton divergence mode of ``linear_distillation_loss`` against a float64 oracle.
 
-The oracle materialises both distributions with ``F.log_softmax`` in float64; the kernel
-runs on the CPU interpreter (``TRITON_INTERPRET=1``) with small class blocks, so the
-online loop over blocks is exercised.  The sm_90 compile check builds it with the real
-compiler for every divergence, without a GPU.
+The oracle (``tests/_torch_oracles.py``) materialises both distributions with
+``F.log_softmax`` in float64; the kernel runs on the CPU interpreter
+(``TRITON_INTERPRET=1``) with small class blocks, so the online loop over blocks is
+exercised.  The sm_90 compile check builds it with the real compiler for every
+divergence, without a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
-import torch.nn.functional as F  # noqa: E402
+
+from _torch_oracles import distillation_oracle as oracle  # noqa: E402
 
 from crossentropy.torch import Teacher, TopK, linear_distillation_loss  # noqa: E402
 from crossentropy.torch._triton import interpreter  # noqa: E402
@@ -33,40 +35,6 @@ DIVERGENCES = [
     ("skew_reverse_kl", 0.7),
     ("tvd", 0.5),
 ]
-
-
-def oracle(x, t, y, *, divergence, beta, temperature, cap, teacher_cap, lam, reduction):
-    """Float64 loss with both distributions materialised."""
-    z = x if cap is None else cap * torch.tanh(x / cap)
-    t = t if teacher_cap is None else teacher_cap * torch.tanh(t / teacher_cap)
-    lq, lp = F.log_softmax(z / temperature, -1), F.log_softmax(t / temperature, -1)
-    q, p = lq.exp(), lp.exp()
-
-    def kl(a, la, lb):
-        return (a * (la - lb)).sum(-1)
-
-    kind = {(("jsd", 0.0)): "forward_kl", ("jsd", 1.0): "reverse_kl"}.get((divergence, beta))
-    kind = kind or divergence
-    if kind == "forward_kl":
-        d = kl(p, lp, lq)
-    elif kind == "reverse_kl":
-        d = kl(q, lq, lp)
-    elif kind == "jsd":
-        lm = (beta * p + (1 - beta) * q).log()
-        d = beta * kl(p, lp, lm) + (1 - beta) * kl(q, lq, lm)
-    elif kind == "skew_kl":
-        d = kl(p, lp, (beta * p + (1 - beta) * q).log())
-    elif kind == "skew_reverse_kl":
-        d = kl(q, lq, (beta * q + (1 - beta) * p).log())
-    else:
-        d = 0.5 * (p - q).abs().sum(-1)
-    counted = y != -100
-    if lam:
-        d = (1 - lam) * d + lam * F.cross_entropy(z, torch.where(counted, y, 0), reduction="none")
-    d = torch.where(counted, d, 0.0)
-    if reduction == "none":
-        return d
-    return d.sum() if reduction == "sum" else d.sum() / counted.sum()
 
 
 def make(n, d, dt, v, dtype, seed):

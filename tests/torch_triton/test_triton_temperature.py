@@ -1,10 +1,10 @@
 """``temperature`` and ``normalize_by`` through the Triton paths, against a float64 oracle.
 
-The oracle is written here from ``F.log_softmax(softcap(x) / T)`` alone (not from
-``crossentropy.torch._reference``); see tests/torch/test_torch_temperature.py for its
-definition.  The interpreter tests run with ``TRITON_INTERPRET=1`` (this folder's
-conftest.py sets it) on tiny shapes; the CUDA test only on a GPU without the interpreter
-(``TRITON_INTERPRET=0 pytest tests/torch_triton -k cuda``).
+The oracle, ``tests/_torch_oracles.py``'s, is written from
+``F.log_softmax(softcap(x) / T)`` alone (not from ``crossentropy.torch._reference``); its
+docstring gives the definition.  The interpreter tests run with ``TRITON_INTERPRET=1``
+(this folder's conftest.py sets it) on tiny shapes; the CUDA test only on a GPU without
+the interpreter (``TRITON_INTERPRET=0 pytest tests/torch_triton -k cuda``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
-import torch.nn.functional as F  # noqa: E402
+
+from _torch_oracles import linear_oracle, oracle  # noqa: E402
 
 from crossentropy.torch import cross_entropy, kl_loss, linear_cross_entropy  # noqa: E402
 from crossentropy.torch._triton import (  # noqa: E402
@@ -40,55 +41,6 @@ OPTION_SETS = {
 }
 KINDS = ["labels", "labels-weight", "soft", "soft-weight"]
 RTOL, ATOL = 1e-10, 1e-12
-
-
-# ---------------------------------------------------------------- the float64 oracle
-
-
-def oracle(
-    logits,
-    target,
-    *,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    temperature=1.0,
-    normalize_by=None,
-    divergence=False,
-):
-    """The loss, in float64, from ``F.log_softmax(softcap(x) / T)`` and nothing else."""
-    x = logits.double()
-    z = (x if softcap is None else softcap * torch.tanh(x / softcap)) / temperature
-    logq = F.log_softmax(z, dim=-1)
-    lse = torch.logsumexp(z, dim=-1)
-    classes = z.shape[-1]
-    w = torch.ones(classes, dtype=F64, device=x.device) if weight is None else weight.double()
-    if target.dtype.is_floating_point:
-        t = target.double()
-        counted = torch.ones(z.shape[:-1], dtype=torch.bool, device=x.device)
-        omega = counted.double()
-    else:
-        counted = target != ignore_index
-        safe = torch.where(counted, target, 0)
-        t = F.one_hot(safe, classes).double()
-        omega = torch.where(counted, w[safe], 0.0)
-    t = (1.0 - label_smoothing) * t + label_smoothing / classes
-    wt = w * t
-    token = -torch.where(wt == 0, 0.0, wt * logq).sum(-1)  # 0 log 0 = 0
-    if divergence:
-        token = token + (w * torch.special.xlogy(t, t)).sum(-1)
-    token = torch.where(counted, token, 0.0)
-    zterm = torch.where(counted, z_loss * lse.square(), 0.0)
-    if reduction == "none":
-        return token + zterm
-    if reduction == "sum":
-        return token.sum() + zterm.sum()
-    if normalize_by is not None:
-        return (token.sum() + zterm.sum()) / normalize_by
-    return token.sum() / omega.sum() + zterm.sum() / counted.sum()
 
 
 # ---------------------------------------------------------------- data and comparison
@@ -287,13 +239,6 @@ def make_linear(n, dim, vocab, *, seed=0, bias=True, dtype=F64, device="cpu"):
     return move(h), move(w), move(b), y.to(device)
 
 
-def linear_oracle(h, w, y, b, **options):
-    logits = h.double() @ w.double().T
-    if b is not None:
-        logits = logits + b.double()
-    return oracle(logits, y, **options)
-
-
 def leaves(*tensors):
     return tuple(t.detach().clone().requires_grad_() for t in tensors if t is not None)
 
@@ -332,7 +277,7 @@ def test_linear_impl_triton_matches_oracle(temperature, name, bias):
         ref = linear_oracle(
             *ref_inputs[:2],
             y,
-            ref_inputs[2] if bias else None,
+            bias=ref_inputs[2] if bias else None,
             reduction=reduction,
             temperature=temperature,
             normalize_by=norm,
@@ -361,7 +306,7 @@ def test_linear_normalize_by_micro_batches():
         loss.backward()  # the projection's and bias' gradients accumulate
         total = total + loss.detach()
     ref_inputs = leaves(h0, w0, b0)
-    ref = linear_oracle(*ref_inputs[:2], y, ref_inputs[2], reduction="sum", **options) / n
+    ref = linear_oracle(*ref_inputs[:2], y, bias=ref_inputs[2], reduction="sum", **options) / n
     want = torch.autograd.grad(ref, ref_inputs)
     torch.testing.assert_close(total, ref.detach(), rtol=RTOL, atol=ATOL)
     for g, r in zip((h.grad, w.grad, b.grad), want, strict=True):
@@ -420,5 +365,5 @@ def test_cuda_temperature_matches_oracle(kind):
             **options,
         )  # fmt: skip
         ref_inputs = leaves(h0, w0, b0)
-        ref = linear_oracle(*ref_inputs[:2], y, ref_inputs[2], reduction=reduction, **options)
+        ref = linear_oracle(*ref_inputs[:2], y, bias=ref_inputs[2], reduction=reduction, **options)
         compare(ours, ref, inputs, ref_inputs, rtol=1e-3, atol=1e-5)  # tf32 may be on

@@ -1,9 +1,10 @@
 """The Triton statistics mode of ``linear_token_stats`` against a float64 oracle.
 
-The oracle materialises ``F.log_softmax(softcap(x) / T)`` in float64; the kernels run
-on the CPU interpreter (``TRITON_INTERPRET=1``, this folder's conftest.py), with small
-class blocks so that the online loop over blocks is exercised.  The sm_90 compile check
-builds the two statistics kernels with the real compiler, without a GPU.
+The oracle (``tests/_torch_oracles.py``) materialises ``F.log_softmax(softcap(x) / T)`` in
+float64; the kernels run on the CPU interpreter (``TRITON_INTERPRET=1``, this folder's
+conftest.py), with small class blocks so that the online loop over blocks is exercised.
+The sm_90 compile check builds the two statistics kernels with the real compiler, without
+a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
-import torch.nn.functional as F  # noqa: E402
+
+from _torch_oracles import token_stats_oracle  # noqa: E402
 
 from crossentropy.torch import linear_token_stats  # noqa: E402
 from crossentropy.torch._triton import interpreter  # noqa: E402
@@ -32,19 +34,10 @@ CASES = [
 
 
 def oracle(x, y, temperature, softcap, top_k):
-    """log_prob, entropy, logsumexp, collision, argmax, top-k from float64 log_softmax."""
-    z = x.double()
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    z = z / temperature
-    logq = F.log_softmax(z, -1)
-    q = logq.exp()
-    counted = y != -100
-    picked = logq.gather(-1, torch.where(counted, y, 0).unsqueeze(-1)).squeeze(-1)
-    log_prob = torch.where(counted, picked, 0.0)
-    entropy = -torch.where(q > 0, q * torch.where(q > 0, logq, 0.0), 0.0).sum(-1)
-    fields = [log_prob, entropy, torch.logsumexp(z, -1), q.square().sum(-1)]
-    return fields, z.argmax(-1), logq.topk(top_k, -1)
+    """log_prob, entropy, logsumexp, collision; argmax; top-k (values, indices)."""
+    s = token_stats_oracle(x, y, temperature=temperature, softcap=softcap, top_k=top_k)
+    fields = [s["log_prob"], s["entropy"], s["logsumexp"], s["collision"]]
+    return fields, s["argmax"], (s["top_k_log_probs"], s["top_k_indices"])
 
 
 def make(n, d, v, dtype, seed, minus_inf=False):
@@ -77,8 +70,8 @@ def test_statistics_mode_matches_float64(case, minus_inf, monkeypatch):
     assert torch.equal(got.argmax, argmax)
     assert torch.equal(got.correct, (y != -100) & (argmax == y))
     if case["top_k"]:
-        torch.testing.assert_close(got.top_k_log_probs, top.values, rtol=1e-10, atol=1e-12)
-        assert torch.equal(got.top_k_indices, top.indices)
+        torch.testing.assert_close(got.top_k_log_probs, top[0], rtol=1e-10, atol=1e-12)
+        assert torch.equal(got.top_k_indices, top[1])
     gen = torch.Generator().manual_seed(7)
     ups = [torch.randn(11, generator=gen, dtype=F64) for _ in range(4)]
     ours = torch.autograd.grad(
@@ -137,7 +130,7 @@ def test_without_target_and_top_k_equal_to_the_vocabulary():
     got = linear_token_stats(h, w, None, bias=b, top_k=13, impl="triton")
     assert got.log_prob is None and got.correct is None
     _, argmax, top = oracle(h @ w.T + b, torch.zeros(6, dtype=torch.long), 1.0, None, 13)
-    torch.testing.assert_close(got.top_k_log_probs, top.values, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.top_k_log_probs, top[0], rtol=1e-10, atol=1e-12)
     assert torch.equal(got.argmax, argmax)
 
 
