@@ -97,13 +97,14 @@ def check_flag(value: Any, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def check_validate(value: Any) -> bool | None:
-    """``validate``: True, False or None (the default: check where it costs nothing)."""
+def check_validate(value: Any, name: str = "validate") -> bool | None:
+    """``validate`` (or another tri-state flag, ``name``): True, False or None (for
+    ``validate`` the default: check where it costs nothing)."""
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise TypeError(f"validate must be True, False or None, got {value!r}")
+    raise TypeError(f"{name} must be True, False or None, got {value!r}")
 
 
 def checks_are_free(*arrays: Any) -> bool:

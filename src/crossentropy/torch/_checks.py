@@ -94,6 +94,41 @@ def not_sharded(**tensors: object) -> None:
             )
 
 
+def output_layer(
+    hidden: Any,
+    weight: Any,
+    bias: Any,
+    *,
+    weight_name: str = "weight",
+    rows: str = "V",
+    allow_empty: bool = False,
+    **others: Any,
+) -> tuple[int, int]:
+    """Check a fused head's hidden states, output weight (``weight_name``, shape
+    ``(rows, D)``) and bias: dtypes, shapes, one device with ``others``, no DTensor.
+    Returns the weight's ``(rows, D)``.  ``allow_empty``: a vocabulary-parallel slice
+    may hold no row."""
+    floating(hidden, "hidden")
+    floating(weight, weight_name)
+    not_sharded(hidden=hidden, **{weight_name: weight}, bias=bias)
+    if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"{weight_name} must have shape ({rows}, D) with D = hidden.shape[-1]; got hidden "
+            f"{tuple(hidden.shape)} and {weight_name} {tuple(weight.shape)}"
+        )
+    same_dtype(hidden, "hidden", **{weight_name: weight})
+    vocab, dim = weight.shape
+    if vocab == 0 and not allow_empty:
+        raise ValueError(f"{weight_name} must have at least one row (class)")
+    same_device(hidden=hidden, **{weight_name: weight}, bias=bias, **others)
+    if bias is not None:
+        floating(bias, "bias")
+        if tuple(bias.shape) != (vocab,):
+            raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
+        same_dtype(hidden, "hidden", bias=bias)
+    return int(vocab), int(dim)
+
+
 def same_device(**tensors: torch.Tensor | None) -> None:
     """Every given tensor on the first one's device (None skipped); ValueError naming them.
 

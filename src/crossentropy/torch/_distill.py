@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _reduction
 from ._driver import Gradients, Product, chunk_rows, forward_scales, fused_backward, spans
-from ._heads import chain_, combine, transform_
+from ._heads import _max_and_sumexp, chain_, combine, transform_
 from ._options import Options, compute_dtype
 
 __all__ = ["Teacher", "TopK", "apply", "divergence_and_grad"]
@@ -448,15 +448,6 @@ class _Sliced:
         return zs, self.teacher.logits(a, b, self.compute), tanh
 
 
-def _max_and_sumexp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if z.shape[1] == 0:
-        full = torch.full((z.shape[0],), -torch.inf, dtype=z.dtype, device=z.device)
-        return full, torch.zeros_like(full)
-    m = z.amax(1)
-    shift = torch.where(torch.isfinite(m), m, 0.0)
-    return m, (z - shift.unsqueeze(1)).exp().sum(1)
-
-
 def _hard(opts: Options, target: torch.Tensor | None) -> bool:
     return bool(opts.hard_weight) and target is not None
 
@@ -478,16 +469,17 @@ class _ParallelDistillation(torch.autograd.Function):
         maxima, sums, z1y = [], [], []
         for a, b in [*spans(num_tokens, rows)] or [(0, 0)]:
             zs, zt, _ = sliced.blocks(a, b)
-            pairs = [_max_and_sumexp(zs), _max_and_sumexp(zt)]
-            if hard:
+            if hard:  # before the statistics below turn zs into exp(zs - max) in place
                 z1 = zs * temp
-                pairs.append(_max_and_sumexp(z1))
                 picked = (
                     z1.gather(1, sliced.local[a:b].unsqueeze(1)).squeeze(1)
                     if z1.shape[1]
                     else z1[:, 0:0].sum(1)
                 )
                 z1y.append(torch.where(sliced.hit[a:b], picked, 0.0))
+            pairs = [_max_and_sumexp(zs), _max_and_sumexp(zt)]
+            if hard:
+                pairs.append(_max_and_sumexp(z1))
             maxima.append(torch.stack([m for m, _ in pairs]))
             sums.append(torch.stack([e for _, e in pairs]))
         extra = [torch.cat(z1y)] if hard else []

@@ -364,32 +364,6 @@ def linear_cross_entropy(
     return fused_loss(hidden, weight, target, bias, class_weight, opts, validate)
 
 
-def _output_layer(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **others: Any
-) -> tuple[int, int]:
-    """Check the fused heads' hidden states, output weight and bias (dtypes, shapes, one
-    device with ``others``, no DTensor); their ``(V, D)``."""
-    _checks.floating(hidden, "hidden")
-    _checks.floating(weight, "weight")
-    _checks.not_sharded(hidden=hidden, weight=weight, bias=bias)
-    if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"weight must have shape (V, D) with D = hidden.shape[-1]; got hidden "
-            f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}"
-        )
-    _checks.same_dtype(hidden, "hidden", weight=weight)
-    vocab, dim = weight.shape
-    if vocab == 0:
-        raise ValueError("weight must have at least one row (class)")
-    _checks.same_device(hidden=hidden, weight=weight, bias=bias, **others)
-    if bias is not None:
-        _checks.floating(bias, "bias")
-        if tuple(bias.shape) != (vocab,):
-            raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
-        _checks.same_dtype(hidden, "hidden", bias=bias)
-    return vocab, dim
-
-
 def fused_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -401,7 +375,9 @@ def fused_loss(
 ) -> torch.Tensor:
     """:func:`linear_cross_entropy` under ``opts``."""
     target = _checks.as_labels(target)
-    vocab, dim = _output_layer(hidden, weight, bias, target=target, class_weight=class_weight)
+    vocab, dim = _checks.output_layer(
+        hidden, weight, bias, target=target, class_weight=class_weight
+    )
     reads_data = _checks.reads_data(validate, hidden)
     soft = _checks.target(target, (*hidden.shape[:-1], vocab), reads_data, opts.ignore_index)
     if soft and target.requires_grad and torch.is_grad_enabled():
@@ -588,7 +564,7 @@ def linear_token_stats(
         loss = -(surrogate * mask).sum() / mask.sum() - 0.01 * s.entropy.mean()
     """
     opts = Options.of(locals())
-    vocab, dim = _output_layer(hidden, weight, bias, target=target)
+    vocab, dim = _checks.output_layer(hidden, weight, bias, target=target)
     _check_top_k(opts, vocab)
     batch = tuple(hidden.shape[:-1])
     reads = _checks.reads_data(validate, hidden)
@@ -807,7 +783,7 @@ def linear_distillation_loss(
         :class:`TopK` teacher, which stays on the plain-PyTorch step).
     """
     opts = Options.of(locals())
-    vocab, dim = _output_layer(hidden, weight, bias, target=target)
+    vocab, dim = _checks.output_layer(hidden, weight, bias, target=target)
     batch = tuple(hidden.shape[:-1])
     reads = _checks.reads_data(validate, hidden)
     flat_teacher = teacher_of(teacher, batch, vocab, reads, opts)

@@ -212,11 +212,6 @@ class Options:
         default instance cannot be a dataclass default under ``torch.compile``)."""
         return self.triton or _DEFAULT_TUNING
 
-    @property
-    def transforms(self) -> bool:
-        """Whether the logits are changed before the loss (softcap or temperature)."""
-        return self.softcap is not None or self.temperature != 1.0
-
     def shared(self) -> list[Any]:
         """What every rank of a vocabulary-parallel group must agree on: every loss
         option (``normalize_by`` only as given or not; the way of computing, chunk size

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._array import check_validate
 from . import _checks
 from ._options import Options, VocabParallel, vocab_sizes
 
@@ -221,12 +222,6 @@ def check_row_sums(target: torch.Tensor, opts: Options, dtype: torch.dtype, name
         )
 
 
-def _flag(value: Any, name: str) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"{name} must be True, False or None, got {value!r}")
-    return value
-
-
 def prepare(
     name: str,
     arguments: dict[str, Any],
@@ -247,8 +242,8 @@ def prepare(
     back in :class:`Prepared`, with the row sums of probabilities checked when
     ``validate`` is True.
     """
-    validate = _flag(arguments["validate"], "validate")
-    agree_ = _flag(arguments["agree"], "agree")
+    validate = check_validate(arguments["validate"])
+    agree_ = check_validate(arguments["agree"], "agree")
     vocab_sizes_ = arguments["vocab_sizes"]
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)

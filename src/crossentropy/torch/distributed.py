@@ -359,21 +359,9 @@ def _reduced(
 
 def _check_hidden_and_shard(hidden: Any, weight_shard: Any, bias: Any) -> int:
     """The fused losses' hidden states, weight rows and bias; the slice's width."""
-    _checks.floating(hidden, "hidden")
-    _checks.floating(weight_shard, "weight_shard")
-    if hidden.ndim < 1 or weight_shard.ndim != 2 or weight_shard.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"weight_shard must have shape (C_r, D) with D = hidden.shape[-1]; got hidden "
-            f"{tuple(hidden.shape)} and weight_shard {tuple(weight_shard.shape)}"
-        )
-    _checks.same_dtype(hidden, "hidden", weight_shard=weight_shard)
-    size = int(weight_shard.shape[0])
-    if bias is not None:
-        _checks.floating(bias, "bias")
-        if tuple(bias.shape) != (size,):
-            raise ValueError(f"bias must have shape ({size},), got {tuple(bias.shape)}")
-        _checks.same_dtype(hidden, "hidden", bias=bias)
-    return size
+    return _checks.output_layer(
+        hidden, weight_shard, bias, weight_name="weight_shard", rows="C_r", allow_empty=True
+    )[0]
 
 
 def _check_class_weight(value: Any, name: str, local_size: int, validate: bool) -> None:

@@ -37,6 +37,15 @@ _SUM = tl.standard._sum_combine
 
 
 @triton.jit
+def _capped(x, cap, HAS_CAP: tl.constexpr):
+    """``cap tanh(x / cap)`` when ``HAS_CAP``, with ``tanh(u) = 1 - 2 / (exp(2u) + 1)``:
+    exact at both ends, never NaN."""
+    if HAS_CAP:
+        x = cap * (1.0 - 2.0 / (tl.exp(2.0 * x / cap) + 1.0))
+    return x
+
+
+@triton.jit
 def row_kernel(
     X,
     stride_x,
@@ -102,10 +111,7 @@ def row_kernel(
         for start in range(0, C, BLOCK):
             idx = start + cols
             mask = idx < C
-            z = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
-            if HAS_CAP:
-                # tanh(u) = 1 - 2 / (exp(2u) + 1): exact at both ends, never NaN.
-                z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
+            z = _capped(tl.load(x_row + idx, mask=mask, other=0.0).to(ACC), cap, HAS_CAP)
             z = z * inv_temp  # exact when T = 1
             z = tl.where(mask, z, -float("inf"))
             m_new = tl.maximum(m, tl.reduce(z, 0, _MAX))
@@ -140,10 +146,7 @@ def row_kernel(
         else:
             if not HAS_WEIGHT:
                 sum_w = zero + C
-            z_y = tl.load(x_row + y_safe).to(ACC)
-            if HAS_CAP:
-                z_y = cap * (1.0 - 2.0 / (tl.exp(2.0 * z_y / cap) + 1.0))
-            z_y = z_y * inv_temp
+            z_y = _capped(tl.load(x_row + y_safe).to(ACC), cap, HAS_CAP) * inv_temp
             big_a = on * w_y + off * sum_w
             loss = on * w_y * (lse - z_y)
             if SMOOTH:
@@ -263,9 +266,7 @@ def stats_kernel(
     for begin in range(0, C, BLOCK):
         idx = begin + cols
         mask = idx < C
-        z = tl.load(x_row + idx, mask=mask, other=0.0).to(ACC)
-        if HAS_CAP:
-            z = cap * (1.0 - 2.0 / (tl.exp(2.0 * z / cap) + 1.0))
+        z = _capped(tl.load(x_row + idx, mask=mask, other=0.0).to(ACC), cap, HAS_CAP)
         z = tl.where(mask, z * inv_temp, -float("inf"))
         block_max = tl.reduce(z, 0, _MAX)
         first = tl.reduce(tl.where(z == block_max, idx, C), 0, _MIN_INT)
@@ -290,9 +291,7 @@ def stats_kernel(
     if HAS_TARGET:
         y = tl.load(T + row).to(tl.int64)
         hit = (y != ignore_index) & (y >= start) & (y < start + C)
-        z_y = tl.load(x_row + tl.where(hit, y - start, 0)).to(ACC)
-        if HAS_CAP:
-            z_y = cap * (1.0 - 2.0 / (tl.exp(2.0 * z_y / cap) + 1.0))
+        z_y = _capped(tl.load(x_row + tl.where(hit, y - start, 0)).to(ACC), cap, HAS_CAP)
         tl.store(ZY + row, tl.where(hit, z_y * inv_temp, 0.0))
 
 
@@ -353,13 +352,6 @@ def stats_grad_kernel(
         if HAS_CAP:
             g = g * (1.0 - r * r)
         tl.store(x_row + idx, g.to(X.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _capped(x, cap, HAS_CAP: tl.constexpr):
-    if HAS_CAP:
-        x = cap * (1.0 - 2.0 / (tl.exp(2.0 * x / cap) + 1.0))
-    return x
 
 
 @triton.jit
